@@ -1,0 +1,35 @@
+"""Deployment settings: a default for each, overridable by an environment variable.
+
+Only flows, ``lambda/`` and scripts import this module; the ``vectorgeo``
+library takes every setting as an explicit argument. Nothing here does I/O:
+values are read from the environment once, at import. Secrets never live
+here: AWS credentials come from the standard AWS credential chain.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+# Where artifacts move between steps: a local directory or s3://bucket/prefix.
+BUCKET = os.environ.get("VG_BUCKET", str(REPO_ROOT / "data" / "bucket"))
+# Machine-local cache of bucket downloads. "{step}" in it is replaced by the
+# step's name (tests use that to prove steps share nothing on local disk).
+CACHE_DIR = os.environ.get("VG_CACHE_DIR", str(REPO_ROOT / "tmp"))
+# Land-cover raster and DEM: local paths or bucket keys; empty = synthetic default.
+LANDCOVER = os.environ.get("VG_LANDCOVER", "")
+DEM = os.environ.get("VG_DEM", "")
+# Built-in legend name (lc100, worldcover) or a .csv/.json legend file.
+LEGEND = os.environ.get("VG_LEGEND", "lc100")
+# Seed of the synthetic default raster.
+SYNTHETIC_SEED = int(os.environ.get("VG_SYNTHETIC_SEED", "0"))
+# S3-compatible endpoint (MinIO, Ceph, R2, ...); empty = AWS S3.
+S3_ENDPOINT_URL = os.environ.get("VG_S3_ENDPOINT_URL", "") or None
+AWS_REGION = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+# Pipeline defaults (each is also a flow parameter).
+H3_RESOLUTION = int(os.environ.get("VG_H3_RESOLUTION", "7"))
+PATCH_PX = int(os.environ.get("VG_PATCH_PX", "32"))
+TRAIN_SET = os.environ.get("VG_TRAIN_SET", "default")

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with the pinned requirements, then an import check.
+# Needs only python3 (3.11+) and the package registries. Never uses sudo,
+# never writes credentials, never edits shell start-up files.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup.sh: VectorGeo needs Python 3.11 or newer; '$python' is $("$python" --version 2>&1 || echo missing)." >&2
+  echo "setup.sh: install Python 3.11+ or point PYTHON=/path/to/python3.11 at one." >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup.sh: creating .venv with $("$python" --version)"
+  "$python" -m venv .venv
+fi
+
+stamp=.venv/.vectorgeo-requirements
+wanted=$(cat requirements.txt setup.sh | "$python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] || [ "${1:-}" = "--force" ]; then
+  echo "setup.sh: installing pinned requirements into .venv (first run: a few minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -r requirements.txt
+  .venv/bin/python - <<'PY'
+import importlib
+mods = ["metaflow", "numpy", "scipy", "pyarrow", "rasterio", "h3", "h3ronpy", "shapely", "global_land_mask",
+        "tensorflow", "keras", "boto3", "qdrant_client", "qdrant_edge", "psycopg2", "pgvector", "faiss",
+        "tqdm", "matplotlib", "pytest", "moto"]
+for name in mods:
+    importlib.import_module(name)
+import h3
+assert h3.__version__.startswith("4."), f"h3 v4 is required, found {h3.__version__}"
+print(f"setup.sh: {len(mods)} packages import")
+PY
+  echo "$wanted" > "$stamp"
+fi

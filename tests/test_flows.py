@@ -1,0 +1,142 @@
+"""Flows 00 and 01 end to end through the real Metaflow CLI.
+
+Each step gets its own cache directory (VG_CACHE_DIR holds "{step}"), so a
+step that secretly read another step's local files would fail here. USER and
+USERNAME are unset, as in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO_ROOT
+from vectorgeo.sampling import read_shard
+
+pytestmark = pytest.mark.flows
+
+FLOW_00 = str(REPO_ROOT / "flows" / "00_h3_stencil_flow.py")
+FLOW_01 = str(REPO_ROOT / "flows" / "01_preprocess_flow.py")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("flows")
+
+
+def _run(workdir, flow, *args, bucket=None, env_extra=None):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("USER", "USERNAME", "METAFLOW_USER") and not k.startswith("VG_")
+    }
+    env.update(
+        VG_BUCKET=str(bucket or workdir / "bucket"),
+        VG_CACHE_DIR=str(workdir / "cache" / "{step}"),
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(workdir / "metaflow"),
+        **(env_extra or {}),
+    )
+    return subprocess.run(
+        [sys.executable, flow, "--no-pylint", "run", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_stencil_then_pairs_on_the_synthetic_default(workdir):
+    done = _run(workdir, FLOW_00, "--h3_resolution=6")
+    assert done.returncode == 0, done.stderr[-3000:]
+    bucket = workdir / "bucket"
+    stencil = pq.read_table(bucket / "stencil" / "res6.parquet")
+    assert stencil.schema.field("h3").type == "uint64"
+    assert 200 < stencil.num_rows < 2000  # ~2 x 1.5 degrees of Oregon coast, land only
+    assert json.loads(stencil.schema.metadata[b"vectorgeo"])["raster"].startswith("synthetic")
+    assert (bucket / "rasters" / "synthetic-seed0" / "landcover.tif").is_file()
+
+    done = _run(workdir, FLOW_01, "--n_files=3", "--n_jobs=2", "--samples_per_file=16", "--patch_size=16")
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((bucket / "train" / "default" / "manifest.json").read_text())
+    assert manifest["n_pairs"] == 48 and manifest["n_files"] == 3
+    shards = sorted((bucket / "train" / "default").glob("part-*.npz"))
+    assert [p.name for p in shards] == ["part-00000.npz", "part-00001.npz", "part-00002.npz"]
+    shard = read_shard(shards[1])
+    assert shard.anchor.shape == (16, 16, 16) and shard.anchor.dtype == np.uint8
+    caches = sorted(p.name for p in (workdir / "cache").iterdir())
+    assert {"start", "sample"} <= set(caches)  # every step downloaded its own inputs
+
+
+def test_seed_style_commands(workdir, tmp_path):
+    bucket = tmp_path / "seed-bucket"
+    done = _run(workdir, FLOW_00, "--h3_resolution=3", bucket=bucket)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run(workdir, FLOW_01, "--n_files=2", "--n_jobs=3", "--samples_per_file=4", bucket=bucket)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((bucket / "train" / "default" / "manifest.json").read_text())["n_pairs"] == 8
+
+
+def _assert_clean_failure(done, bucket, message):
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (bucket / "stencil").exists() or not any((bucket / "stencil").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--h3_resolution=16"], "h3_resolution must be between 0 and 15, got 16"),
+        (["--landcover=/nonexistent/lc.tif"], "'/nonexistent/lc.tif' is neither an existing local file"),
+        (["--aoi=10,10,11,11"], "does not overlap the raster footprint"),
+        (["--legend=corine"], "unknown legend 'corine'"),
+    ],
+)
+def test_bad_input_stops_with_one_clear_message(workdir, tmp_path, args, message):
+    bucket = tmp_path / "bucket"
+    done = _run(workdir, FLOW_00, *args, bucket=bucket)
+    _assert_clean_failure(done, bucket, message)
+
+
+def test_raster_without_crs(workdir, tmp_path, write_raster):
+    path = write_raster(np.full((50, 50), 40, dtype=np.uint8), crs=None)
+    bucket = tmp_path / "bucket"
+    done = _run(workdir, FLOW_00, f"--landcover={path}", bucket=bucket)
+    _assert_clean_failure(done, bucket, "has no CRS")
+
+
+def test_unwritable_bucket(workdir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done = _run(workdir, FLOW_00, "--h3_resolution=3", bucket=blocker / "bucket")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "BucketAccessError" in done.stdout + done.stderr
+
+
+def test_code_package_carries_the_library(workdir):
+    env = {k: v for k, v in os.environ.items() if k not in ("USER", "USERNAME")}
+    done = subprocess.run(
+        [sys.executable, FLOW_00, "--no-pylint", "package", "list"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout + done.stderr
+    for module in (
+        "vectorgeo/stencil.py",
+        "vectorgeo/transfer.py",
+        "vectorgeo/raster.py",
+        "constants.py",
+        "flow_support.py",
+    ):
+        assert f"flows/{module}" in listed

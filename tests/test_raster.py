@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import rasterio
+
+from tests.conftest import LC100_PIXEL_DEG
+from vectorgeo.errors import RasterAccessError, UnknownClassCodeError
+from vectorgeo.legends import NODATA_INDEX, get_legend
+from vectorgeo.raster import extract_patches, latlng_to_pixels, open_raster, pixel_size_m, sample_classes
+
+LC = get_legend("lc100")
+WEST, NORTH = -123.5, 44.8
+
+
+def _pixel_centre(row, col, pixel=LC100_PIXEL_DEG):
+    return NORTH - (row + 0.5) * pixel, WEST + (col + 0.5) * pixel
+
+
+def _coded(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.asarray(LC.codes, dtype=np.uint8)[rng.integers(0, 23, (h, w))]
+
+
+def test_patches_match_direct_slicing(write_raster):
+    codes = _coded(300, 400)
+    path = write_raster(codes, block=64)
+    rows = np.array([16, 100, 150, 283, 16])
+    cols = np.array([16, 250, 383, 200, 17])
+    lat, lng = _pixel_centre(rows, cols)
+    with open_raster(path) as ds:
+        patches = extract_patches(ds, lat, lng, LC, patch_px=32, region_px=64)
+    expected_idx = LC.codes_to_indices(codes)
+    assert patches.valid.all()
+    for k, (r, c) in enumerate(zip(rows, cols, strict=False)):
+        np.testing.assert_array_equal(patches.classes[k], expected_idx[r - 16 : r + 16, c - 16 : c + 16])
+
+
+def test_region_size_does_not_change_the_answer(write_raster):
+    path = write_raster(_coded(256, 256, seed=3), block=32)
+    rng = np.random.default_rng(1)
+    lat, lng = _pixel_centre(rng.uniform(0, 256, 500), rng.uniform(0, 256, 500))
+    with open_raster(path) as ds:
+        a = extract_patches(ds, lat, lng, LC, patch_px=8, region_px=32)
+        b = extract_patches(ds, lat, lng, LC, patch_px=8, region_px=4096)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_array_equal(a.valid, b.valid)
+    assert 0 < a.n_invalid < 500  # points near the edge
+
+
+def test_each_region_is_read_once(write_raster, monkeypatch):
+    path = write_raster(_coded(512, 512), block=128)
+    rng = np.random.default_rng(2)
+    lat, lng = _pixel_centre(rng.uniform(20, 490, 2000), rng.uniform(20, 490, 2000))
+    reads = []
+    with open_raster(path) as ds:
+        original = ds.read
+
+        def counting_read(*args, **kwargs):
+            reads.append(kwargs.get("window"))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(ds, "read", counting_read)
+        patches = extract_patches(ds, lat, lng, LC, patch_px=16, region_px=256)
+    assert patches.valid.all()
+    assert len(reads) <= 4  # 2000 points, 2x2 regions: never one read per point
+
+
+def test_edge_and_nodata_patches_are_invalid(write_raster):
+    codes = np.full((100, 100), 20, dtype=np.uint8)
+    codes[60, 60] = 255  # one nodata pixel
+    path = write_raster(codes)
+    lat, lng = _pixel_centre(np.array([50, 3, 99, 62, -40]), np.array([20, 50, 50, 62, 10]))
+    with open_raster(path) as ds:
+        patches = extract_patches(ds, lat, lng, LC, patch_px=8)
+    assert patches.valid.tolist() == [True, False, False, False, False]
+    assert (patches.classes[[1, 2, 4]] == NODATA_INDEX).all()
+    assert (patches.classes[3] == NODATA_INDEX).sum() == 1
+    assert (patches.classes[0] == 1).all()
+
+
+def test_unknown_codes_in_the_raster_are_reported(write_raster):
+    codes = np.full((64, 64), 20, dtype=np.uint8)
+    codes[30, 30] = 77
+    with open_raster(write_raster(codes)) as ds, pytest.raises(UnknownClassCodeError, match=r"\[77\]"):
+        extract_patches(ds, *_pixel_centre(np.array([32]), np.array([32])), LC, patch_px=8)
+
+
+def test_projected_raster_patches_centre_on_the_point(write_raster):
+    # UTM zone 10N, 30 m pixels; the point is the centre of pixel (40, 70).
+    codes = _coded(100, 120, seed=5)
+    west, north = 500_000.0, 4_960_000.0
+    path = write_raster(codes, west=west, north=north, pixel=30.0, crs="EPSG:32610")
+    x, y = west + 70.5 * 30, north - 40.5 * 30
+    lng, lat = rasterio.warp.transform("EPSG:32610", "EPSG:4326", [x], [y])
+    with open_raster(path) as ds:
+        row, col = latlng_to_pixels(ds, np.array(lat), np.array(lng))
+        assert row[0] == pytest.approx(40.5, abs=1e-6) and col[0] == pytest.approx(70.5, abs=1e-6)
+        patches = extract_patches(ds, np.array(lat), np.array(lng), LC, patch_px=10)
+        assert pixel_size_m(ds) == pytest.approx(30.0)
+    np.testing.assert_array_equal(patches.classes[0], LC.codes_to_indices(codes[35:45, 65:75]))
+
+
+def test_sample_classes_reads_the_pixel_under_each_point(write_raster):
+    codes = _coded(50, 50, seed=9)
+    with open_raster(write_raster(codes)) as ds:
+        got = sample_classes(ds, *_pixel_centre(np.array([0, 49, 25, 80]), np.array([0, 49, 7, 3])), LC)
+    idx = LC.codes_to_indices(codes)
+    assert got.tolist() == [idx[0, 0], idx[49, 49], idx[25, 7], NODATA_INDEX]
+
+
+def test_geographic_pixel_size_in_metres(write_raster):
+    with open_raster(write_raster(_coded(10, 10))) as ds:
+        assert pixel_size_m(ds) == pytest.approx(97.0, abs=3.0)  # 1/1008 degree near 44.8 N
+
+
+def test_open_errors_name_the_problem(tmp_path, write_raster):
+    with pytest.raises(RasterAccessError, match="does not exist"):
+        open_raster(tmp_path / "missing.tif")
+    (tmp_path / "junk.tif").write_text("not a raster")
+    with pytest.raises(RasterAccessError, match="cannot be read"):
+        open_raster(tmp_path / "junk.tif")
+    with pytest.raises(RasterAccessError, match="has no CRS"):
+        open_raster(write_raster(_coded(10, 10), crs=None))
+    with pytest.raises(FileNotFoundError.__mro__[1]):  # RasterAccessError is an OSError
+        open_raster(tmp_path / "missing.tif")

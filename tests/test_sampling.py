@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+
+from vectorgeo.errors import InvalidInputError
+from vectorgeo.legends import get_legend
+from vectorgeo.raster import open_raster
+from vectorgeo.sampling import (
+    destination_points,
+    dominant_class_fraction,
+    random_points_in_bounds,
+    read_shard,
+    sample_pairs,
+    write_shard,
+)
+
+LC = get_legend("lc100")
+
+
+def _haversine_m(lat1, lng1, lat2, lng2):
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dp, dl = p2 - p1, np.radians(lng2 - lng1)
+    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return 2 * 6_371_008.8 * np.arcsin(np.sqrt(a))
+
+
+def test_destination_points_known_answers():
+    lat, lng = destination_points(
+        np.array([0.0, 0.0, 60.0]), np.array([0.0, 179.99, 10.0]), np.radians([0, 90, 180]), 111_195.0
+    )
+    np.testing.assert_allclose(lat, [1.0, 0.0, 59.0], atol=1e-4)
+    np.testing.assert_allclose(lng, [0.0, -179.01, 10.0], atol=1e-4)  # wraps across the antimeridian
+
+
+def test_destination_distance_is_exact_on_the_sphere():
+    rng = np.random.default_rng(0)
+    lat, lng = rng.uniform(-70, 70, 1000), rng.uniform(-180, 180, 1000)
+    dist = rng.uniform(100, 50_000, 1000)
+    lat2, lng2 = destination_points(lat, lng, rng.uniform(0, 2 * np.pi, 1000), dist)
+    np.testing.assert_allclose(_haversine_m(lat, lng, lat2, lng2), dist, rtol=1e-6)
+
+
+def test_random_points_uniform_by_area():
+    lat, lng = random_points_in_bounds((-10, 0, 10, 80), 200_000, np.random.default_rng(1))
+    assert lat.min() >= 0 and lat.max() <= 80 and lng.min() >= -10 and lng.max() <= 10
+    # Share below 30 N, by area: (sin 30 - sin 0) / sin 80
+    assert (lat < 30).mean() == pytest.approx(0.5 / np.sin(np.radians(80)), abs=0.01)
+
+
+def test_dominant_class_fraction():
+    patches = np.zeros((3, 4, 4), dtype=np.uint8)
+    patches[1, :2] = 5
+    patches[2] = np.arange(16).reshape(4, 4)
+    np.testing.assert_allclose(dominant_class_fraction(patches), [1.0, 0.5, 1 / 16])
+
+
+@pytest.fixture
+def mosaic_raster(write_raster):
+    """Inland Oregon, 600x600 px of 8-px blocks of random LC100 land classes, a uniform corner."""
+    rng = np.random.default_rng(4)
+    land = np.array([20, 30, 40, 50, 111, 115], dtype=np.uint8)
+    codes = np.kron(land[rng.integers(0, 6, (75, 75))], np.ones((8, 8), dtype=np.uint8))
+    codes[:200, :200] = 40
+    return write_raster(codes, west=-123.5, north=44.8)
+
+
+def test_pairs_are_valid_non_uniform_and_in_the_annulus(mosaic_raster):
+    with open_raster(mosaic_raster) as ds:
+        shard = sample_pairs(ds, LC, 300, patch_px=16, pair_distance_m=4000, max_uniform_fraction=0.9, seed=7)
+    assert len(shard) == 300
+    assert shard.anchor.shape == shard.neighbor.shape == (300, 16, 16)
+    assert shard.anchor.dtype == np.uint8 and shard.anchor.max() < LC.n_classes
+    assert dominant_class_fraction(shard.anchor).max() <= 0.9
+    assert dominant_class_fraction(shard.neighbor).max() <= 0.9
+    d = _haversine_m(*shard.anchor_latlng.T, *shard.neighbor_latlng.T)
+    min_d = shard.meta["min_distance_m"]
+    assert min_d == pytest.approx(16 * shard.meta["pixel_size_m"])
+    assert (d >= min_d - 1).all() and (d <= 4000 + 1).all()
+    assert shard.meta["legend"]["name"] == "lc100"
+
+
+def test_same_seed_same_pairs(mosaic_raster):
+    with open_raster(mosaic_raster) as ds:
+        a = sample_pairs(ds, LC, 50, patch_px=16, pair_distance_m=3000, seed=[3, 1])
+        b = sample_pairs(ds, LC, 50, patch_px=16, pair_distance_m=3000, seed=[3, 1])
+        c = sample_pairs(ds, LC, 50, patch_px=16, pair_distance_m=3000, seed=[3, 2])
+    np.testing.assert_array_equal(a.anchor, b.anchor)
+    assert not np.array_equal(a.anchor_latlng, c.anchor_latlng)
+
+
+def test_bad_sampling_settings_are_explained(mosaic_raster, write_raster):
+    with open_raster(mosaic_raster) as ds:
+        with pytest.raises(InvalidInputError, match="must exceed one patch width"):
+            sample_pairs(ds, LC, 10, patch_px=32, pair_distance_m=1000)
+        with pytest.raises(InvalidInputError, match=">= 1"):
+            sample_pairs(ds, LC, 0)
+    uniform = write_raster(np.full((300, 300), 40, dtype=np.uint8))
+    with open_raster(uniform) as ds, pytest.raises(InvalidInputError, match="found only 0 of 5"):
+        sample_pairs(ds, LC, 5, patch_px=16, pair_distance_m=3000, max_rounds=3)
+
+
+def test_shard_round_trip(mosaic_raster, tmp_path):
+    with open_raster(mosaic_raster) as ds:
+        shard = sample_pairs(ds, LC, 20, patch_px=16, pair_distance_m=3000)
+    back = read_shard(write_shard(shard, tmp_path / "part.npz"))
+    np.testing.assert_array_equal(back.anchor, shard.anchor)
+    np.testing.assert_array_equal(back.neighbor_latlng, shard.neighbor_latlng)
+    assert back.meta == shard.meta
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(InvalidInputError, match="not a training shard"):
+        read_shard(tmp_path / "other.npz")

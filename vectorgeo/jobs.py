@@ -1,0 +1,185 @@
+"""Bucket-to-bucket units of work, one per flow step.
+
+Each function reads its inputs from the bucket (through the local cache),
+runs one library routine, writes its outputs atomically back to the bucket
+and returns a small JSON-ready summary: exactly what a Metaflow step keeps
+as an artifact. Nothing here reads the environment; flows pass settings in.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import shapely
+
+from vectorgeo.errors import InvalidInputError
+from vectorgeo.legends import get_legend
+from vectorgeo.raster import open_raster, raster_bounds_latlng
+from vectorgeo.sampling import sample_pairs, write_shard
+from vectorgeo.sources import resolve_rasters
+from vectorgeo.stencil import build_stencil, check_resolution, write_stencil
+from vectorgeo.transfer import Bucket
+
+__all__ = ["finish_pair_shards", "make_pair_shards", "make_stencil", "plan_pair_shards", "stencil_key"]
+
+logger = logging.getLogger(__name__)
+
+
+def stencil_key(h3_resolution: int) -> str:
+    """Bucket key of the stencil at a resolution."""
+    return f"stencil/res{h3_resolution}.parquet"
+
+
+def _shard_key(train_set: str, index: int) -> str:
+    return f"train/{train_set}/part-{index:05d}.npz"
+
+
+def make_stencil(
+    bucket: Bucket,
+    *,
+    h3_resolution: int,
+    landcover: str = "",
+    legend: str = "lc100",
+    aoi: shapely.Geometry | None = None,
+    synthetic_seed: int = 0,
+) -> dict:
+    """Build the land stencil for the configured raster and store it.
+
+    Writes ``stencil/res{R}.parquet``.
+
+    Returns:
+        Summary: key, cell count, raster source, elapsed seconds.
+    """
+    check_resolution(h3_resolution)
+    bucket.check_writable()
+    legend_obj = get_legend(legend)
+    started = time.perf_counter()
+    rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
+    with open_raster(rasters.landcover) as dataset:
+        table = build_stencil(h3_resolution, aoi=aoi, dataset=dataset, legend=legend_obj)
+        footprint = raster_bounds_latlng(dataset)
+    if table.num_rows == 0:
+        logger.warning("the stencil at resolution %d holds no land cell: is the AOI all sea?", h3_resolution)
+    key = stencil_key(h3_resolution)
+    meta = {
+        "h3_resolution": h3_resolution,
+        "raster": rasters.source,
+        "legend": legend_obj.name,
+        "aoi_bounds": list(aoi.bounds) if aoi is not None else None,
+        "raster_bounds": list(footprint),
+    }
+    with tempfile.TemporaryDirectory(prefix="vg-stencil-") as tmp:
+        bucket.upload(write_stencil(table, Path(tmp) / "stencil.parquet", meta), key)
+    return {"key": key, "n_cells": table.num_rows, "seconds": round(time.perf_counter() - started, 2), **meta}
+
+
+def plan_pair_shards(bucket: Bucket, n_files: int, n_jobs: int, **settings) -> list[list[int]]:
+    """Validate the sampling settings once, then split shards over workers.
+
+    Shard ``i`` always gets seed ``[seed, i]``, so the split does not change
+    the data. Workers that would get nothing are left out. Validation draws
+    one pair, so bad settings fail here, once, not in every worker; it also
+    makes sure the synthetic default exists before workers race to make it.
+
+    Args:
+        bucket: The pipeline bucket.
+        n_files: Shards to write.
+        n_jobs: Most workers to use.
+        **settings: The keyword arguments of :func:`make_pair_shards`.
+
+    Returns:
+        One list of shard indices per worker.
+    """
+    if n_files < 1 or n_jobs < 1:
+        raise InvalidInputError(f"n_files and n_jobs must be >= 1, got n_files={n_files}, n_jobs={n_jobs}")
+    if settings["samples_per_file"] < 1:
+        raise InvalidInputError(f"samples_per_file must be >= 1, got {settings['samples_per_file']}")
+    bucket.check_writable()
+    sampling = {k: v for k, v in settings.items() if k not in ("train_set", "samples_per_file")}
+    _sample_shard(bucket, 0, samples=1, **sampling)
+    return [list(range(j, n_files, n_jobs)) for j in range(min(n_jobs, n_files))]
+
+
+def _sample_shard(
+    bucket: Bucket,
+    index: int,
+    *,
+    samples: int,
+    patch_px: int,
+    pair_distance_m: float,
+    max_uniform_fraction: float,
+    landcover: str,
+    legend: str,
+    synthetic_seed: int,
+    seed: int = 0,
+):
+    legend_obj = get_legend(legend)
+    rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
+    with open_raster(rasters.landcover) as dataset:
+        shard = sample_pairs(
+            dataset,
+            legend_obj,
+            samples,
+            patch_px=patch_px,
+            pair_distance_m=pair_distance_m,
+            max_uniform_fraction=max_uniform_fraction,
+            seed=[seed, index],
+        )
+    shard.meta.update({"raster": rasters.source, "seed": seed, "shard": index})
+    return shard
+
+
+def make_pair_shards(
+    bucket: Bucket, shard_indices: list[int], *, train_set: str, samples_per_file: int, **settings
+) -> dict:
+    """Sample anchor/neighbour pairs into ``train/{train_set}/part-{i}.npz``.
+
+    Args:
+        bucket: The pipeline bucket.
+        shard_indices: Shards this worker writes.
+        train_set: Name of the shard set.
+        samples_per_file: Pairs per shard.
+        **settings: ``patch_px``, ``pair_distance_m``, ``max_uniform_fraction``,
+            ``landcover``, ``legend``, ``synthetic_seed``, ``seed``.
+
+    Returns:
+        Summary: pairs per key written, pixel size, raster source.
+    """
+    written = {}
+    meta = {}
+    with tempfile.TemporaryDirectory(prefix="vg-pairs-") as tmp:
+        for index in shard_indices:
+            shard = _sample_shard(bucket, index, samples=samples_per_file, **settings)
+            key = _shard_key(train_set, index)
+            bucket.upload(write_shard(shard, Path(tmp) / f"part-{index:05d}.npz"), key)
+            written[key] = len(shard)
+            meta = shard.meta
+            logger.info("wrote %s (%d pairs)", bucket.uri(key), len(shard))
+    return {"shards": written, "pixel_size_m": meta.get("pixel_size_m"), "raster": meta.get("raster")}
+
+
+def finish_pair_shards(bucket: Bucket, results: list[dict], *, n_files: int, train_set: str, **settings) -> dict:
+    """Check every shard arrived and write ``train/{train_set}/manifest.json``.
+
+    Raises:
+        InvalidInputError: when shards are missing (a worker lost its output).
+    """
+    shards = {key: n for result in results for key, n in result["shards"].items()}
+    expected = [_shard_key(train_set, i) for i in range(n_files)]
+    missing = [k for k in expected if k not in shards or not bucket.exists(k)]
+    if missing:
+        raise InvalidInputError(f"{len(missing)} of {n_files} training shards were not written: {missing[:5]}")
+    manifest = {
+        "train_set": train_set,
+        "n_files": n_files,
+        "n_pairs": sum(shards.values()),
+        "shards": dict(sorted(shards.items())),
+        "raster": results[0]["raster"],
+        "pixel_size_m": results[0]["pixel_size_m"],
+        **settings,
+    }
+    bucket.write_json(f"train/{train_set}/manifest.json", manifest)
+    return manifest

@@ -1,0 +1,239 @@
+"""Anchor/neighbour patch pairs for triplet-loss training.
+
+An anchor is a random point on land; its neighbour lies at a random bearing,
+at a great-circle distance between one patch width (so the two patches do
+not overlap) and ``pair_distance_m``. Pairs whose patches touch nodata or
+the raster edge, or are near-uniform (one class covering almost the whole
+patch: nothing to learn), are dropped and redrawn.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vectorgeo.errors import InvalidInputError
+from vectorgeo.land import is_land
+from vectorgeo.legends import Legend
+from vectorgeo.raster import extract_patches, pixel_size_m, raster_bounds_latlng
+
+__all__ = [
+    "PairShard",
+    "destination_points",
+    "dominant_class_fraction",
+    "random_points_in_bounds",
+    "read_shard",
+    "sample_pairs",
+    "write_shard",
+]
+
+logger = logging.getLogger(__name__)
+
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+@dataclass
+class PairShard:
+    """One training shard: paired uint8 class-index patches and their centres.
+
+    Attributes:
+        anchor: uint8 ``(N, P, P)`` class indices.
+        neighbor: uint8 ``(N, P, P)`` class indices.
+        anchor_latlng: float64 ``(N, 2)``, degrees.
+        neighbor_latlng: float64 ``(N, 2)``, degrees.
+        meta: JSON-ready dict: legend, patch size, pixel size, sampling
+            parameters; everything a reader needs to interpret the arrays.
+    """
+
+    anchor: np.ndarray
+    neighbor: np.ndarray
+    anchor_latlng: np.ndarray
+    neighbor_latlng: np.ndarray
+    meta: dict
+
+    def __len__(self) -> int:
+        return int(self.anchor.shape[0])
+
+
+def random_points_in_bounds(
+    bounds: tuple[float, float, float, float], n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points uniform by area on the sphere inside ``(west, south, east, north)``.
+
+    Returns:
+        ``(lat, lng)`` in degrees.
+    """
+    west, south, east, north = bounds
+    if east < west:
+        east += 360.0
+    z = rng.uniform(np.sin(np.radians(south)), np.sin(np.radians(north)), n)
+    lat = np.degrees(np.arcsin(z))
+    lng = (rng.uniform(west, east, n) + 180.0) % 360.0 - 180.0
+    return lat, lng
+
+
+def destination_points(
+    lat: np.ndarray, lng: np.ndarray, bearing_rad: np.ndarray, distance_m: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Great-circle destinations from points, bearings and distances.
+
+    Args:
+        lat: Start latitudes, degrees.
+        lng: Start longitudes, degrees.
+        bearing_rad: Initial bearings, radians clockwise from north.
+        distance_m: Distances along the sphere, metres.
+
+    Returns:
+        ``(lat, lng)`` of the destinations, degrees, longitudes in [-180, 180).
+    """
+    phi1, lam1 = np.radians(lat), np.radians(lng)
+    delta = np.asarray(distance_m) / _EARTH_RADIUS_M
+    sin_phi2 = np.sin(phi1) * np.cos(delta) + np.cos(phi1) * np.sin(delta) * np.cos(bearing_rad)
+    phi2 = np.arcsin(np.clip(sin_phi2, -1.0, 1.0))
+    lam2 = lam1 + np.arctan2(
+        np.sin(bearing_rad) * np.sin(delta) * np.cos(phi1), np.cos(delta) - np.sin(phi1) * sin_phi2
+    )
+    return np.degrees(phi2), (np.degrees(lam2) + 180.0) % 360.0 - 180.0
+
+
+def dominant_class_fraction(patches: np.ndarray) -> np.ndarray:
+    """Share of each patch covered by its most common class.
+
+    Args:
+        patches: uint8 ``(N, H, W)`` class indices.
+
+    Returns:
+        float64 ``(N,)`` in (0, 1].
+    """
+    n = patches.shape[0]
+    if n == 0:
+        return np.empty(0)
+    flat = patches.reshape(n, -1).astype(np.int64)
+    counts = np.bincount((np.arange(n)[:, None] * 256 + flat).ravel(), minlength=n * 256).reshape(n, 256)
+    return counts.max(axis=1) / flat.shape[1]
+
+
+def sample_pairs(
+    dataset,
+    legend: Legend,
+    n_pairs: int,
+    *,
+    patch_px: int = 32,
+    pair_distance_m: float = 5000.0,
+    max_uniform_fraction: float = 0.95,
+    seed: int | list[int] | np.random.Generator = 0,
+    max_rounds: int = 50,
+) -> PairShard:
+    """Draw ``n_pairs`` valid anchor/neighbour patch pairs from a raster.
+
+    Args:
+        dataset: Open land-cover raster, any CRS.
+        legend: Its legend.
+        n_pairs: Pairs wanted.
+        patch_px: Patch side, pixels of this raster.
+        pair_distance_m: Largest anchor-neighbour distance, metres; the
+            smallest is one patch width.
+        max_uniform_fraction: Drop a patch whose most common class covers
+            more than this share of it (1.0 keeps everything).
+        seed: Seed, seed list (e.g. ``[run_seed, shard]``) or generator;
+            same seed, same pairs.
+        max_rounds: Give up after this many redraw rounds.
+
+    Returns:
+        A :class:`PairShard` with exactly ``n_pairs`` pairs.
+
+    Raises:
+        InvalidInputError: bad parameters, or too few valid pairs found (the
+            message says how many and what to change).
+    """
+    if n_pairs < 1:
+        raise InvalidInputError(f"samples per file must be >= 1, got {n_pairs}")
+    if not 0 < max_uniform_fraction <= 1:
+        raise InvalidInputError(f"max_uniform_fraction must lie in (0, 1], got {max_uniform_fraction}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    pixel_m = pixel_size_m(dataset)
+    min_distance_m = patch_px * pixel_m
+    if pair_distance_m <= min_distance_m:
+        raise InvalidInputError(
+            f"pair_distance_meters={pair_distance_m:g} must exceed one patch width "
+            f"({patch_px} px x {pixel_m:.1f} m = {min_distance_m:.0f} m) so neighbours do not overlap anchors"
+        )
+    bounds = raster_bounds_latlng(dataset)
+    found: list[tuple[np.ndarray, ...]] = []
+    have = 0
+    for _ in range(max_rounds):
+        want = max(64, 2 * (n_pairs - have))
+        a_lat, a_lng = random_points_in_bounds(bounds, want, rng)
+        keep = is_land(a_lat, a_lng, dataset, legend)
+        a_lat, a_lng = a_lat[keep], a_lng[keep]
+        r2 = rng.uniform(min_distance_m**2, pair_distance_m**2, a_lat.size)
+        n_lat, n_lng = destination_points(a_lat, a_lng, rng.uniform(0, 2 * np.pi, a_lat.size), np.sqrt(r2))
+        anchors = extract_patches(dataset, a_lat, a_lng, legend, patch_px=patch_px)
+        neighbors = extract_patches(dataset, n_lat, n_lng, legend, patch_px=patch_px)
+        ok = anchors.valid & neighbors.valid
+        ok[ok] &= dominant_class_fraction(anchors.classes[ok]) <= max_uniform_fraction
+        ok[ok] &= dominant_class_fraction(neighbors.classes[ok]) <= max_uniform_fraction
+        take = np.flatnonzero(ok)[: n_pairs - have]
+        found.append(
+            (anchors.classes[take], neighbors.classes[take], a_lat[take], a_lng[take], n_lat[take], n_lng[take])
+        )
+        have += take.size
+        if have >= n_pairs:
+            break
+    if have < n_pairs:
+        raise InvalidInputError(
+            f"found only {have} of {n_pairs} valid pairs after {max_rounds} rounds: the raster has too little "
+            "land with valid, non-uniform patches; raise max_uniform_fraction, shrink the patch, "
+            "or use a raster with more land"
+        )
+    cols = [np.concatenate(parts) for parts in zip(*found, strict=False)]
+    meta = {
+        "legend": legend.to_dict(),
+        "patch_px": patch_px,
+        "pixel_size_m": pixel_m,
+        "pair_distance_m": float(pair_distance_m),
+        "min_distance_m": float(min_distance_m),
+        "max_uniform_fraction": float(max_uniform_fraction),
+    }
+    return PairShard(
+        anchor=cols[0],
+        neighbor=cols[1],
+        anchor_latlng=np.column_stack([cols[2], cols[3]]),
+        neighbor_latlng=np.column_stack([cols[4], cols[5]]),
+        meta=meta,
+    )
+
+
+def write_shard(shard: PairShard, path: str | Path) -> Path:
+    """Write a shard as compressed ``.npz`` (uint8 patches compress well)."""
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        anchor=shard.anchor,
+        neighbor=shard.neighbor,
+        anchor_latlng=shard.anchor_latlng,
+        neighbor_latlng=shard.neighbor_latlng,
+        meta=np.array(json.dumps(shard.meta)),
+    )
+    Path(path).write_bytes(buf.getvalue())
+    return Path(path)
+
+
+def read_shard(path: str | Path) -> PairShard:
+    """Read a shard written by :func:`write_shard`."""
+    with np.load(path, allow_pickle=False) as data:
+        missing = {"anchor", "neighbor", "anchor_latlng", "neighbor_latlng", "meta"} - set(data.files)
+        if missing:
+            raise InvalidInputError(f"{str(path)!r} is not a training shard: arrays {sorted(missing)} are missing")
+        return PairShard(
+            anchor=data["anchor"],
+            neighbor=data["neighbor"],
+            anchor_latlng=data["anchor_latlng"],
+            neighbor_latlng=data["neighbor_latlng"],
+            meta=json.loads(str(data["meta"])),
+        )
