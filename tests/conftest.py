@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
 import rasterio
@@ -14,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REALDATA_DIR = Path(os.environ.get("VG_REALDATA_DIR", REPO_ROOT.parent / "shared" / "realdata"))
 
 LC100_PIXEL_DEG = 1 / 1008
+S3_BUCKET = "vg-test"
 
 
 @pytest.fixture
@@ -66,3 +68,32 @@ def realdata() -> Path:
     if not REALDATA_DIR.is_dir():
         pytest.skip(f"real data clips not found at {REALDATA_DIR} (set VG_REALDATA_DIR to run these tests)")
     return REALDATA_DIR
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A moto S3 server on a free localhost port, with fake credentials from the standard chain."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in (
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        ):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_CONFIG_FILE", os.devnull)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=S3_BUCKET)
+        yield endpoint
+        server.stop()

@@ -12,43 +12,13 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
-from moto.server import ThreadedMotoServer
 
+from tests.conftest import S3_BUCKET
 from vectorgeo import transfer
 from vectorgeo.errors import BucketAccessError, BucketKeyNotFoundError, InvalidInputError
 from vectorgeo.transfer import Bucket
 
-S3_BUCKET = "vg-test"
-
-
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """A moto S3 server on a free localhost port, with fake credentials from the standard chain."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in (
-            "AWS_PROFILE",
-            "AWS_SESSION_TOKEN",
-            "AWS_SECURITY_TOKEN",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3",
-        ):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_CONFIG_FILE", os.devnull)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=S3_BUCKET)
-        yield endpoint
-        server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])
