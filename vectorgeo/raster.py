@@ -207,7 +207,9 @@ def extract_patches(
     nodata = dataset.nodatavals[band - 1]
 
     groups = zip(starts, ends, strict=False)
-    for start, end in tqdm(groups, total=starts.size, disable=not progress, desc="patch regions", unit="region"):
+    for start, end in tqdm(
+        groups, total=starts.size, disable=None if progress else True, desc="patch regions", unit="region"
+    ):
         members = idx[start:end]
         top, left = int(r0[members].min()), int(c0[members].min())
         bottom, right = int(r0[members].max()) + patch_px, int(c0[members].max()) + patch_px

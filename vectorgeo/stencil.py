@@ -220,7 +220,9 @@ def build_stencil(
             region = footprint
     kept_cells, kept_lat, kept_lng = [], [], []
     n_candidates = 0
-    for cells in tqdm(aoi_to_cells(region, h3_resolution), disable=not progress or None, desc="stencil", unit="chunk"):
+    for cells in tqdm(
+        aoi_to_cells(region, h3_resolution), disable=None if progress else True, desc="stencil", unit="chunk"
+    ):
         n_candidates += cells.size
         lat, lng = cells_to_latlng(cells)
         land = is_land(lat, lng, dataset, legend)
