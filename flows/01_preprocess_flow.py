@@ -33,6 +33,12 @@ class PreprocessFlow(FlowSpec):
     landcover = Parameter(
         "landcover", help="Land-cover raster: local path or bucket key; empty = synthetic", default=constants.LANDCOVER
     )
+    dem = Parameter(
+        "dem",
+        help="DEM resampled onto each patch: local path or bucket key; empty = the synthetic DEM with the "
+        "synthetic land cover, none otherwise",
+        default=constants.DEM,
+    )
     legend = Parameter("legend", help="Legend: lc100, worldcover, or a .csv/.json file", default=constants.LEGEND)
     synthetic_seed = Parameter(
         "synthetic_seed", help="Seed of the synthetic raster", type=int, default=constants.SYNTHETIC_SEED
@@ -47,6 +53,7 @@ class PreprocessFlow(FlowSpec):
             "pair_distance_m": self.pair_distance_meters,
             "max_uniform_fraction": self.max_uniform_fraction,
             "landcover": self.landcover,
+            "dem": self.dem,
             "legend": self.legend,
             "synthetic_seed": self.synthetic_seed,
         }

@@ -5,7 +5,7 @@ import rasterio
 from tests.conftest import LC100_PIXEL_DEG
 from vectorgeo.errors import RasterAccessError, UnknownClassCodeError
 from vectorgeo.legends import NODATA_INDEX, get_legend
-from vectorgeo.raster import extract_patches, latlng_to_pixels, open_raster, pixel_size_m, sample_classes
+from vectorgeo.raster import dem_patches, extract_patches, latlng_to_pixels, open_raster, pixel_size_m, sample_classes
 
 LC = get_legend("lc100")
 WEST, NORTH = -123.5, 44.8
@@ -122,3 +122,46 @@ def test_open_errors_name_the_problem(tmp_path, write_raster):
         open_raster(write_raster(_coded(10, 10), crs=None))
     with pytest.raises(FileNotFoundError.__mro__[1]):  # RasterAccessError is an OSError
         open_raster(tmp_path / "missing.tif")
+
+
+def test_dem_on_the_same_grid_is_a_plain_slice(write_raster):
+    codes = _coded(80, 90)
+    elev = (np.arange(80)[:, None] * 1000 + np.arange(90)[None, :]).astype(np.float32)
+    lc_path = write_raster(codes)
+    dem_path = write_raster(elev, nodata=-9999.0)
+    lat, lng = _pixel_centre(np.array([20, 60]), np.array([30, 70]))
+    with open_raster(lc_path) as lc, open_raster(dem_path) as dem:
+        got = dem_patches(dem, lc, lat, lng, patch_px=8)
+    np.testing.assert_array_equal(got[0], elev[16:24, 26:34])
+    np.testing.assert_array_equal(got[1], elev[56:64, 66:74])
+
+
+def test_dem_in_another_crs_and_grid_follows_each_land_cover_pixel(write_raster):
+    # Land cover in UTM 10N at 30 m; DEM in EPSG:4326 at 1/1200 degree with a nodata hole.
+    codes = _coded(60, 60, seed=2)
+    lc_path = write_raster(codes, west=500_000.0, north=4_960_000.0, pixel=30.0, crs="EPSG:32610")
+    elev = np.random.default_rng(0).uniform(0, 3000, (40, 40)).astype(np.float32)
+    elev[10, 10] = -9999.0
+    dem_path = write_raster(elev, west=-123.01, north=44.79, pixel=1 / 1200, nodata=-9999.0)
+    lng, lat = rasterio.warp.transform("EPSG:32610", "EPSG:4326", [500_000 + 30 * 30.5], [4_960_000 - 30 * 30.5])
+    with open_raster(lc_path) as lc, open_raster(dem_path) as dem:
+        got = dem_patches(dem, lc, np.array(lat), np.array(lng), patch_px=10)[0]
+        # independent answer: transform each land-cover pixel centre and ask rasterio which DEM pixel holds it
+        rows, cols = np.mgrid[25:35, 25:35] + 0.5
+        xs, ys = 500_000 + cols * 30.0, 4_960_000 - rows * 30.0
+        dx, dy = rasterio.warp.transform("EPSG:32610", "EPSG:4326", xs.ravel(), ys.ravel())
+        expected = np.full(100, np.nan, dtype=np.float32)
+        for k, (x, y) in enumerate(zip(dx, dy, strict=True)):
+            r, c = dem.index(x, y)
+            if 0 <= r < 40 and 0 <= c < 40 and elev[r, c] != -9999.0:
+                expected[k] = elev[r, c]
+    np.testing.assert_array_equal(got.ravel(), expected)
+    assert np.isfinite(got).sum() > 50
+
+
+def test_dem_nan_off_the_land_cover(write_raster):
+    lc_path = write_raster(_coded(40, 40))
+    dem_path = write_raster(np.ones((40, 40), dtype=np.float32), nodata=-9999.0)
+    with open_raster(lc_path) as lc, open_raster(dem_path) as dem:
+        got = dem_patches(dem, lc, *_pixel_centre(np.array([2, 20]), np.array([2, 20])), patch_px=8)
+    assert np.isnan(got[0]).all() and (got[1] == 1).all()

@@ -108,3 +108,19 @@ def test_shard_round_trip(mosaic_raster, tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(InvalidInputError, match="not a training shard"):
         read_shard(tmp_path / "other.npz")
+
+
+def test_pairs_carry_the_dem_on_their_pixels(mosaic_raster, write_raster, tmp_path):
+    elev = (np.arange(600)[:, None] + np.zeros((1, 600))).astype(np.float32)  # rises 1 m per row southwards
+    elev[:, 590:] = -9999.0  # a nodata strip: pairs touching it are dropped
+    dem_path = write_raster(elev, west=-123.5, north=44.8, nodata=-9999.0)
+    with open_raster(mosaic_raster) as ds, open_raster(dem_path) as dem:
+        shard = sample_pairs(ds, LC, 40, patch_px=16, pair_distance_m=3000, seed=2, dem=dem)
+        plain = sample_pairs(ds, LC, 5, patch_px=16, pair_distance_m=3000, seed=2)
+    assert shard.anchor_dem.shape == (40, 16, 16) and shard.anchor_dem.dtype == np.float16
+    assert np.isfinite(shard.anchor_dem).all() and np.isfinite(shard.neighbor_dem).all()
+    # each DEM patch is the row index of its land-cover pixels: consecutive rows differ by 1 m
+    np.testing.assert_allclose(np.diff(shard.anchor_dem.astype(np.float32), axis=1), 1.0, atol=0.5)
+    assert shard.meta["dem"] is True and plain.meta["dem"] is False and plain.anchor_dem is None
+    back = read_shard(write_shard(shard, tmp_path / "dem.npz"))
+    np.testing.assert_array_equal(back.neighbor_dem, shard.neighbor_dem)

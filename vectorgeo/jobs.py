@@ -8,6 +8,7 @@ as an artifact. Nothing here reads the environment; flows pass settings in.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -114,11 +115,14 @@ def _sample_shard(
     landcover: str,
     legend: str,
     synthetic_seed: int,
+    dem: str = "",
     seed: int = 0,
 ):
     legend_obj = get_legend(legend)
-    rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
-    with open_raster(rasters.landcover) as dataset:
+    rasters = resolve_rasters(bucket, landcover, dem, with_dem=True, synthetic_seed=synthetic_seed)
+    with contextlib.ExitStack() as stack:
+        dataset = stack.enter_context(open_raster(rasters.landcover))
+        dem_dataset = stack.enter_context(open_raster(rasters.dem)) if rasters.dem else None
         shard = sample_pairs(
             dataset,
             legend_obj,
@@ -127,6 +131,7 @@ def _sample_shard(
             pair_distance_m=pair_distance_m,
             max_uniform_fraction=max_uniform_fraction,
             seed=[seed, index],
+            dem=dem_dataset,
         )
     shard.meta.update({"raster": rasters.source, "seed": seed, "shard": index})
     return shard
@@ -143,7 +148,7 @@ def make_pair_shards(
         train_set: Name of the shard set.
         samples_per_file: Pairs per shard.
         **settings: ``patch_px``, ``pair_distance_m``, ``max_uniform_fraction``,
-            ``landcover``, ``legend``, ``synthetic_seed``, ``seed``.
+            ``landcover``, ``dem``, ``legend``, ``synthetic_seed``, ``seed``.
 
     Returns:
         Summary: pairs per key written, pixel size, raster source.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,28 +174,112 @@ def extract_patches(
         InvalidInputError: for a non-positive ``patch_px`` or mismatched inputs.
         UnknownClassCodeError: when a read region holds codes the legend lacks.
     """
+    r0, c0, inside = _patch_origins(dataset, lat, lng, patch_px)
+    n = r0.size
+    classes = np.full((n, patch_px, patch_px), NODATA_INDEX, dtype=np.uint8)
+    valid = np.zeros(n, dtype=bool)
+    offsets = np.arange(patch_px)
+    nodata = dataset.nodatavals[band - 1]
+    groups = _grouped_windows(dataset, r0, c0, patch_px, np.flatnonzero(inside), region_px, band)
+    for members, window in tqdm(groups, disable=None if progress else True, desc="patch regions", unit="region"):
+        block = legend.codes_to_indices(dataset.read(band, window=window), nodata=nodata)
+        rr = (r0[members] - window.row_off)[:, None, None] + offsets[None, :, None]
+        cc = (c0[members] - window.col_off)[:, None, None] + offsets[None, None, :]
+        cut = block[rr, cc]
+        classes[members] = cut
+        valid[members] = ~(cut == NODATA_INDEX).any(axis=(1, 2))
+    return Patches(classes, valid)
+
+
+def dem_patches(
+    dem: rasterio.DatasetReader,
+    landcover: rasterio.DatasetReader,
+    lat: np.ndarray,
+    lng: np.ndarray,
+    *,
+    patch_px: int = 32,
+    region_px: int = 2048,
+    band: int = 1,
+) -> np.ndarray:
+    """Elevation resampled onto the pixels of each land-cover patch.
+
+    The DEM may have another CRS and grid than the land cover (SRTM in
+    EPSG:4326 beside NLCD in UTM): each land-cover pixel centre of the patch
+    that :func:`extract_patches` cuts for the same point is transformed into
+    the DEM's CRS and takes the value of the DEM pixel under it (nearest).
+
+    Args:
+        dem: Open DEM, any CRS, values in metres.
+        landcover: The land-cover raster whose patch grid to follow.
+        lat: Latitudes of patch centres, degrees (EPSG:4326).
+        lng: Longitudes of patch centres, degrees (EPSG:4326).
+        patch_px: Patch side in land-cover pixels.
+        region_px: Side of the DEM read regions in pixels.
+        band: DEM band.
+
+    Returns:
+        float32 ``(N, patch_px, patch_px)`` metres; NaN at DEM nodata, off
+        the DEM, and everywhere in patches off the land-cover raster.
+    """
+    r0, c0, inside = _patch_origins(landcover, lat, lng, patch_px)
+    out = np.full((r0.size, patch_px, patch_px), np.nan, dtype=np.float32)
+    idx = np.flatnonzero(inside)
+    if idx.size == 0:
+        return out
+    offsets = np.arange(patch_px) + 0.5
+    rows = (r0[idx, None, None] + offsets[None, :, None]) * np.ones((1, 1, patch_px))
+    cols = (c0[idx, None, None] + offsets[None, None, :]) * np.ones((1, patch_px, 1))
+    t = landcover.transform
+    xs, ys = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+    if dem.crs != landcover.crs:
+        xs, ys = (
+            np.asarray(v).reshape(rows.shape) for v in warp_transform(landcover.crs, dem.crs, xs.ravel(), ys.ravel())
+        )
+    inv = ~dem.transform
+    dem_cols = np.floor(inv.a * xs + inv.b * ys + inv.c)
+    dem_rows = np.floor(inv.d * xs + inv.e * ys + inv.f)
+    out[idx] = _read_pixels(dem, dem_rows.ravel(), dem_cols.ravel(), band=band, region_px=region_px).reshape(rows.shape)
+    return out
+
+
+def _patch_origins(
+    dataset: rasterio.DatasetReader, lat: np.ndarray, lng: np.ndarray, patch_px: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-left pixel of each point's patch, and whether the patch lies inside the raster."""
     if patch_px < 1:
         raise InvalidInputError(f"patch_px must be >= 1, got {patch_px}")
     lat = np.asarray(lat, dtype=np.float64).ravel()
     lng = np.asarray(lng, dtype=np.float64).ravel()
     if lat.shape != lng.shape:
         raise InvalidInputError(f"lat and lng differ in length: {lat.size} vs {lng.size}")
-    n = lat.size
-    classes = np.full((n, patch_px, patch_px), NODATA_INDEX, dtype=np.uint8)
-    valid = np.zeros(n, dtype=bool)
-    if n == 0:
-        return Patches(classes, valid)
-
+    if lat.size == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, np.empty(0, dtype=bool)
     row, col = latlng_to_pixels(dataset, lat, lng)
     finite = np.isfinite(row) & np.isfinite(col)
     half = patch_px // 2
     r0 = np.where(finite, np.floor(row), -1e9).astype(np.int64) - half
     c0 = np.where(finite, np.floor(col), -1e9).astype(np.int64) - half
     inside = finite & (r0 >= 0) & (c0 >= 0) & (r0 + patch_px <= dataset.height) & (c0 + patch_px <= dataset.width)
-    idx = np.flatnonzero(inside)
-    if idx.size == 0:
-        return Patches(classes, valid)
+    return r0, c0, inside
 
+
+def _grouped_windows(
+    dataset: rasterio.DatasetReader,
+    r0: np.ndarray,
+    c0: np.ndarray,
+    size: int,
+    idx: np.ndarray,
+    region_px: int,
+    band: int,
+) -> Iterator[tuple[np.ndarray, Window]]:
+    """Group items ``idx`` (each a ``size`` square at ``r0, c0``) by raster region.
+
+    Regions are whole numbers of the raster's blocks; each yields its members
+    and the one window that covers them all, so every region is read once.
+    """
+    if idx.size == 0:
+        return
     block_h, block_w = dataset.block_shapes[band - 1]
     step_r = max(block_h, math.ceil(region_px / block_h) * block_h)
     step_c = max(block_w, math.ceil(region_px / block_w) * block_w)
@@ -202,25 +287,29 @@ def extract_patches(
     order = np.argsort(region, kind="stable")
     idx, region = idx[order], region[order]
     starts = np.flatnonzero(np.r_[True, region[1:] != region[:-1]])
-    ends = np.r_[starts[1:], idx.size]
-    offsets = np.arange(patch_px)
-    nodata = dataset.nodatavals[band - 1]
-
-    groups = zip(starts, ends, strict=False)
-    for start, end in tqdm(
-        groups, total=starts.size, disable=None if progress else True, desc="patch regions", unit="region"
-    ):
+    for start, end in zip(starts, np.r_[starts[1:], idx.size], strict=True):
         members = idx[start:end]
         top, left = int(r0[members].min()), int(c0[members].min())
-        bottom, right = int(r0[members].max()) + patch_px, int(c0[members].max()) + patch_px
-        window = Window(left, top, right - left, bottom - top)
-        block = legend.codes_to_indices(dataset.read(band, window=window), nodata=nodata)
-        rr = (r0[members] - top)[:, None, None] + offsets[None, :, None]
-        cc = (c0[members] - left)[:, None, None] + offsets[None, None, :]
-        cut = block[rr, cc]
-        classes[members] = cut
-        valid[members] = ~(cut == NODATA_INDEX).any(axis=(1, 2))
-    return Patches(classes, valid)
+        bottom, right = int(r0[members].max()) + size, int(c0[members].max()) + size
+        yield members, Window(left, top, right - left, bottom - top)
+
+
+def _read_pixels(
+    dataset: rasterio.DatasetReader, rows: np.ndarray, cols: np.ndarray, *, band: int, region_px: int
+) -> np.ndarray:
+    """Values (float32) of many pixels, NaN off the raster or at nodata; one read per region."""
+    values = np.full(rows.size, np.nan, dtype=np.float32)
+    ok = np.isfinite(rows) & np.isfinite(cols)
+    r = np.where(ok, rows, -1).astype(np.int64)
+    c = np.where(ok, cols, -1).astype(np.int64)
+    ok &= (r >= 0) & (c >= 0) & (r < dataset.height) & (c < dataset.width)
+    nodata = dataset.nodatavals[band - 1]
+    for members, window in _grouped_windows(dataset, r, c, 1, np.flatnonzero(ok), region_px, band):
+        block = dataset.read(band, window=window).astype(np.float32)
+        if nodata is not None:
+            block[block == np.float32(nodata)] = np.nan
+        values[members] = block[r[members] - window.row_off, c[members] - window.col_off]
+    return values
 
 
 def sample_classes(

@@ -20,7 +20,7 @@ import numpy as np
 from vectorgeo.errors import InvalidInputError
 from vectorgeo.land import is_land
 from vectorgeo.legends import Legend
-from vectorgeo.raster import extract_patches, pixel_size_m, raster_bounds_latlng
+from vectorgeo.raster import dem_patches, extract_patches, pixel_size_m, raster_bounds_latlng
 
 __all__ = [
     "PairShard",
@@ -48,6 +48,9 @@ class PairShard:
         neighbor_latlng: float64 ``(N, 2)``, degrees.
         meta: JSON-ready dict: legend, patch size, pixel size, sampling
             parameters; everything a reader needs to interpret the arrays.
+        anchor_dem: float16 ``(N, P, P)`` elevation in metres on the anchor
+            patch's pixels, or None when no DEM was given.
+        neighbor_dem: the same for the neighbour patch.
     """
 
     anchor: np.ndarray
@@ -55,6 +58,8 @@ class PairShard:
     anchor_latlng: np.ndarray
     neighbor_latlng: np.ndarray
     meta: dict
+    anchor_dem: np.ndarray | None = None
+    neighbor_dem: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.anchor.shape[0])
@@ -128,6 +133,7 @@ def sample_pairs(
     max_uniform_fraction: float = 0.95,
     seed: int | list[int] | np.random.Generator = 0,
     max_rounds: int = 50,
+    dem=None,
 ) -> PairShard:
     """Draw ``n_pairs`` valid anchor/neighbour patch pairs from a raster.
 
@@ -143,6 +149,8 @@ def sample_pairs(
         seed: Seed, seed list (e.g. ``[run_seed, shard]``) or generator;
             same seed, same pairs.
         max_rounds: Give up after this many redraw rounds.
+        dem: Optional open DEM (any CRS); its elevation is resampled onto
+            both patches, and pairs touching DEM nodata are dropped.
 
     Returns:
         A :class:`PairShard` with exactly ``n_pairs`` pairs.
@@ -178,10 +186,17 @@ def sample_pairs(
         ok = anchors.valid & neighbors.valid
         ok[ok] &= dominant_class_fraction(anchors.classes[ok]) <= max_uniform_fraction
         ok[ok] &= dominant_class_fraction(neighbors.classes[ok]) <= max_uniform_fraction
+        parts = [anchors.classes, neighbors.classes, a_lat, a_lng, n_lat, n_lng]
+        if dem is not None:
+            cand = np.flatnonzero(ok)
+            a_dem = dem_patches(dem, dataset, a_lat[cand], a_lng[cand], patch_px=patch_px)
+            n_dem = dem_patches(dem, dataset, n_lat[cand], n_lng[cand], patch_px=patch_px)
+            full_a, full_n = (np.zeros((a_lat.size, patch_px, patch_px), np.float16) for _ in range(2))
+            full_a[cand], full_n[cand] = a_dem, n_dem
+            ok[cand] &= np.isfinite(a_dem).all(axis=(1, 2)) & np.isfinite(n_dem).all(axis=(1, 2))
+            parts += [full_a, full_n]
         take = np.flatnonzero(ok)[: n_pairs - have]
-        found.append(
-            (anchors.classes[take], neighbors.classes[take], a_lat[take], a_lng[take], n_lat[take], n_lng[take])
-        )
+        found.append(tuple(part[take] for part in parts))
         have += take.size
         if have >= n_pairs:
             break
@@ -200,26 +215,31 @@ def sample_pairs(
         "min_distance_m": float(min_distance_m),
         "max_uniform_fraction": float(max_uniform_fraction),
     }
+    meta["dem"] = dem is not None
     return PairShard(
         anchor=cols[0],
         neighbor=cols[1],
         anchor_latlng=np.column_stack([cols[2], cols[3]]),
         neighbor_latlng=np.column_stack([cols[4], cols[5]]),
         meta=meta,
+        anchor_dem=cols[6] if dem is not None else None,
+        neighbor_dem=cols[7] if dem is not None else None,
     )
 
 
 def write_shard(shard: PairShard, path: str | Path) -> Path:
-    """Write a shard as compressed ``.npz`` (uint8 patches compress well)."""
+    """Write a shard as compressed ``.npz`` (uint8 patches compress well; DEMs as float16)."""
+    arrays = {
+        "anchor": shard.anchor,
+        "neighbor": shard.neighbor,
+        "anchor_latlng": shard.anchor_latlng,
+        "neighbor_latlng": shard.neighbor_latlng,
+        "meta": np.array(json.dumps(shard.meta)),
+    }
+    if shard.anchor_dem is not None:
+        arrays.update(anchor_dem=shard.anchor_dem, neighbor_dem=shard.neighbor_dem)
     buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        anchor=shard.anchor,
-        neighbor=shard.neighbor,
-        anchor_latlng=shard.anchor_latlng,
-        neighbor_latlng=shard.neighbor_latlng,
-        meta=np.array(json.dumps(shard.meta)),
-    )
+    np.savez_compressed(buf, **arrays)
     Path(path).write_bytes(buf.getvalue())
     return Path(path)
 
@@ -236,4 +256,6 @@ def read_shard(path: str | Path) -> PairShard:
             anchor_latlng=data["anchor_latlng"],
             neighbor_latlng=data["neighbor_latlng"],
             meta=json.loads(str(data["meta"])),
+            anchor_dem=data["anchor_dem"] if "anchor_dem" in data.files else None,
+            neighbor_dem=data["neighbor_dem"] if "neighbor_dem" in data.files else None,
         )
