@@ -27,9 +27,13 @@ LEGEND = os.environ.get("VG_LEGEND", "lc100")
 SYNTHETIC_SEED = int(os.environ.get("VG_SYNTHETIC_SEED", "0"))
 # S3-compatible endpoint (MinIO, Ceph, R2, ...); empty = AWS S3.
 S3_ENDPOINT_URL = os.environ.get("VG_S3_ENDPOINT_URL", "") or None
-AWS_REGION = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+# Region of the S3 bucket; unset lets boto3 take it from the AWS profile / environment.
+AWS_REGION = os.environ.get("AWS_REGION") or None
 
 # Pipeline defaults (each is also a flow parameter).
 H3_RESOLUTION = int(os.environ.get("VG_H3_RESOLUTION", "7"))
 PATCH_PX = int(os.environ.get("VG_PATCH_PX", "32"))
 TRAIN_SET = os.environ.get("VG_TRAIN_SET", "default")
+MODEL_FILENAME = os.environ.get("VG_MODEL", "demo.keras")
+# Parallel inference workers (foreach width, at most 100); each embeds several parts in turn.
+INFERENCE_WORKERS = int(os.environ.get("VG_INFERENCE_WORKERS", "2"))

@@ -12,6 +12,10 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
   exit 1
 fi
 
+if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup.sh: .venv holds an older Python; recreating it"
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "setup.sh: creating .venv with $("$python" --version)"
   "$python" -m venv .venv
@@ -21,7 +25,7 @@ stamp=.venv/.vectorgeo-requirements
 wanted=$(cat requirements.txt setup.sh | "$python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] || [ "${1:-}" = "--force" ]; then
   echo "setup.sh: installing pinned requirements into .venv (first run: a few minutes)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet "pip==26.3"
   .venv/bin/python -m pip install --quiet -r requirements.txt
   .venv/bin/python - <<'PY'
 import importlib

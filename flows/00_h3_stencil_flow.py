@@ -4,16 +4,16 @@ Reads the land-cover raster (the synthetic default when none is set) and
 writes ``stencil/res{R}.parquet`` to the bucket.
 """
 
-from metaflow import FlowSpec, Parameter, card, current, step
+from metaflow import Parameter, card, current, step
 
 import constants
-from flow_support import bucket_for_step, user_errors
+from flow_support import VectorGeoFlow, user_errors
 from vectorgeo.cards import stencil_card
-from vectorgeo.jobs import make_stencil
+from vectorgeo.jobs.stencil import make_stencil
 from vectorgeo.stencil import parse_aoi
 
 
-class H3StencilFlow(FlowSpec):
+class H3StencilFlow(VectorGeoFlow):
     """H3 cells whose centres are land, by the global land mask and the raster."""
 
     h3_resolution = Parameter("h3_resolution", help="H3 resolution, 0..15", type=int, default=constants.H3_RESOLUTION)
@@ -38,7 +38,7 @@ class H3StencilFlow(FlowSpec):
         """Build the stencil and store it in the bucket."""
         with user_errors():
             self.stencil = make_stencil(
-                bucket_for_step("start"),
+                self.step_bucket("start"),
                 h3_resolution=self.h3_resolution,
                 landcover=self.landcover,
                 legend=self.legend,

@@ -4,15 +4,15 @@ Reads the land-cover raster and writes ``train/{train_set}/part-{i}.npz``
 plus ``train/{train_set}/manifest.json`` to the bucket.
 """
 
-from metaflow import FlowSpec, Parameter, card, current, resources, retry, step
+from metaflow import Parameter, card, current, resources, retry, step
 
 import constants
-from flow_support import bucket_for_step, user_errors
+from flow_support import VectorGeoFlow, user_errors
 from vectorgeo.cards import pairs_card
-from vectorgeo.jobs import finish_pair_shards, make_pair_shards, plan_pair_shards
+from vectorgeo.jobs.pairs import finish_pair_shards, make_pair_shards, plan_pair_shards
 
 
-class PreprocessFlow(FlowSpec):
+class PreprocessFlow(VectorGeoFlow):
     """Sample patch pairs from the land-cover raster into training shards."""
 
     n_files = Parameter("n_files", help="Number of shards to write", type=int, default=8)
@@ -62,7 +62,7 @@ class PreprocessFlow(FlowSpec):
     def start(self):
         """Check the inputs once, then split the shards over workers."""
         with user_errors():
-            self.specs = plan_pair_shards(bucket_for_step("start"), self.n_files, self.n_jobs, **self._settings())
+            self.specs = plan_pair_shards(self.step_bucket("start"), self.n_files, self.n_jobs, **self._settings())
         self.next(self.sample, foreach="specs")
 
     @retry(times=2)
@@ -71,7 +71,7 @@ class PreprocessFlow(FlowSpec):
     def sample(self):
         """Write this worker's shards."""
         with user_errors():
-            self.result = make_pair_shards(bucket_for_step("sample"), self.input, **self._settings())
+            self.result = make_pair_shards(self.step_bucket("sample"), self.input, **self._settings())
         self.next(self.join)
 
     @card(type="blank")
@@ -80,7 +80,7 @@ class PreprocessFlow(FlowSpec):
         """Check every shard arrived and write the manifest."""
         with user_errors():
             self.manifest = finish_pair_shards(
-                bucket_for_step("join"), [i.result for i in inputs], n_files=self.n_files, **self._settings()
+                self.step_bucket("join"), [i.result for i in inputs], n_files=self.n_files, **self._settings()
             )
         current.card.extend(pairs_card(self.manifest))
         self.next(self.end)

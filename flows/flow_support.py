@@ -1,8 +1,10 @@
 """What every VectorGeo flow needs before and around its steps.
 
-Reads deployment settings (this is flow code, so it may), gives each step
-its bucket with a step-local cache, and turns VectorGeo's own errors into
-one clean Metaflow message instead of a traceback.
+Reads deployment settings (this is flow code, so it may), makes the bucket a
+Parameter of every flow (so remote tasks, which do not inherit the shell's
+environment, write where the run was started to write), gives each step its
+bucket with a step-local cache, and turns VectorGeo's own errors into one
+clean Metaflow message instead of a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 from collections.abc import Iterator
 
+from metaflow import FlowSpec, Parameter
 from metaflow.exception import MetaflowException
 
 import constants
@@ -21,6 +24,8 @@ from vectorgeo.transfer import Bucket
 # Metaflow needs a user name; CI and containers often have neither variable.
 if not any(os.environ.get(name) for name in ("METAFLOW_USER", "USERNAME", "USER")):
     os.environ["USERNAME"] = "vectorgeo"
+# TensorFlow's start-up chatter (CUDA probing, oneDNN notes) drowns the flow's own log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -31,10 +36,30 @@ class VectorGeoFlowError(MetaflowException):
     headline = "VectorGeo stopped"
 
 
-def bucket_for_step(step_name: str) -> Bucket:
-    """The pipeline bucket, with this machine's cache for this step."""
-    cache_dir = constants.CACHE_DIR.replace("{step}", step_name)
-    return Bucket(constants.BUCKET, cache_dir, endpoint_url=constants.S3_ENDPOINT_URL, region=constants.AWS_REGION)
+class VectorGeoFlow(FlowSpec):
+    """Base of every VectorGeo flow: the bucket settings, as Parameters."""
+
+    bucket = Parameter(
+        "bucket",
+        help="Artifact bucket: a directory or s3://bucket/prefix (default $VG_BUCKET)",
+        default=constants.BUCKET,
+    )
+    s3_endpoint_url = Parameter(
+        "s3_endpoint_url",
+        help="S3-compatible endpoint URL; empty = AWS S3 (default $VG_S3_ENDPOINT_URL)",
+        default=constants.S3_ENDPOINT_URL or "",
+    )
+
+    def step_bucket(self, step_name: str) -> Bucket:
+        """The run's bucket, with this machine's cache for this step."""
+        remote = any(os.environ.get(v) for v in ("AWS_BATCH_JOB_ID", "METAFLOW_KUBERNETES_POD_NAME"))
+        if remote and not str(self.bucket).startswith("s3://"):
+            raise VectorGeoFlowError(
+                f"this task runs remotely but --bucket is the local directory {self.bucket!r}; "
+                "pass --bucket=s3://bucket/prefix (or set VG_BUCKET) when using --with batch/kubernetes"
+            )
+        cache_dir = constants.CACHE_DIR.replace("{step}", step_name)
+        return Bucket(self.bucket, cache_dir, endpoint_url=self.s3_endpoint_url or None, region=constants.AWS_REGION)
 
 
 @contextlib.contextmanager

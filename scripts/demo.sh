@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: synthetic land cover -> H3 stencil
-# (flow 00) -> training pairs (flow 01), all in the local bucket data/bucket.
+# The main job on the embedded default, all in the local bucket data/bucket:
+# synthetic land cover -> H3 stencil (00) -> training pairs (01) -> encoder
+# (02) -> embeddings of every land cell (03) -> evaluation on held-out ground (05).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./setup.sh
 export USERNAME="${USERNAME:-${USER:-vectorgeo}}"
 py=.venv/bin/python
 res="${VG_H3_RESOLUTION:-7}"
+model="${VG_MODEL:-demo.keras}"
 
 $py flows/00_h3_stencil_flow.py --no-pylint run --h3_resolution="$res"
-$py flows/01_preprocess_flow.py --no-pylint run --n_files=4 --n_jobs=2 --samples_per_file=1000
+$py flows/01_preprocess_flow.py --no-pylint run --n_files=8 --n_jobs=2 --samples_per_file=1000
+$py flows/02_train_flow.py --no-pylint run --epochs=10
+$py flows/03_inference_flow.py --no-pylint run --h3_resolution="$res"
+$py flows/05_evaluate_flow.py --no-pylint run --h3_resolution="$res"
 
 bucket="${VG_BUCKET:-data/bucket}"
 echo
 echo "demo done. Artifacts in $bucket:"
 echo "  stencil:        $bucket/stencil/res$res.parquet"
 echo "  training pairs: $bucket/train/${VG_TRAIN_SET:-default}/ (manifest.json, part-*.npz)"
-echo "  rasters:        $bucket/rasters/synthetic-seed${VG_SYNTHETIC_SEED:-0}/"
+echo "  model:          $bucket/models/${model%.keras}.keras (+ .json sidecar, .png diagnostics)"
+echo "  embeddings:     $bucket/embeddings/${model%.keras}/res$res/ (part-*.parquet, manifest.json)"
+echo "  evaluation:     $bucket/reports/${model%.keras}/res$res/evaluation.json (+ .png)"
+echo "  rasters:        $bucket/rasters/ (the synthetic default)"

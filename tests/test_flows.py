@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, S3_BUCKET
 from vectorgeo.sampling import read_shard
+from vectorgeo.sources import synthetic_keys
 
 pytestmark = pytest.mark.flows
 
@@ -62,7 +63,7 @@ def test_stencil_then_pairs_on_the_synthetic_default(workdir):
     assert stencil.schema.field("h3").type == "uint64"
     assert 200 < stencil.num_rows < 2000  # ~2 x 1.5 degrees of Oregon coast, land only
     assert json.loads(stencil.schema.metadata[b"vectorgeo"])["raster"].startswith("synthetic")
-    assert (bucket / "rasters" / "synthetic-seed0" / "landcover.tif").is_file()
+    assert (bucket / synthetic_keys(0)[0]).is_file()
 
     done = _run(workdir, FLOW_01, "--n_files=3", "--n_jobs=2", "--samples_per_file=16", "--patch_size=16")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -156,10 +157,39 @@ def test_flows_on_an_s3_bucket(workdir, moto_endpoint):
     listing = boto3.client("s3", endpoint_url=moto_endpoint).list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix)
     keys = sorted(o["Key"][len(prefix) + 1 :] for o in listing["Contents"])
     assert keys == [
-        "rasters/synthetic-seed0/dem.tif",
-        "rasters/synthetic-seed0/landcover.tif",
+        *sorted(synthetic_keys(0)),
         "stencil/res5.parquet",
         "train/default/manifest.json",
         "train/default/part-00000.npz",
         "train/default/part-00001.npz",
     ]
+
+
+def test_tasks_use_the_bucket_parameter_not_the_environment(workdir, tmp_path):
+    """Remote tasks do not inherit VG_BUCKET; every task must follow --bucket."""
+    real, decoy = tmp_path / "real", tmp_path / "decoy"
+    done = _run(workdir, FLOW_00, "--h3_resolution=3", f"--bucket={real}", bucket=decoy)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (real / "stencil" / "res3.parquet").is_file()
+    assert not (decoy / "stencil").exists()
+
+
+def test_remote_task_refuses_a_local_bucket(workdir, tmp_path):
+    done = _run(workdir, FLOW_00, "--h3_resolution=3", bucket=tmp_path / "b", env_extra={"AWS_BATCH_JOB_ID": "x"})
+    assert done.returncode != 0
+    assert "runs remotely but --bucket is the local directory" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--train_set=../escape"], "invalid bucket key 'train/../escape/part-00000.npz'"),
+        (["--pair_distance_meters=500"], "must exceed one patch width"),
+        (["--samples_per_file=0"], "samples_per_file must be >= 1"),
+    ],
+)
+def test_flow_01_bad_input_fails_once_in_start(workdir, args, message):
+    done = _run(workdir, FLOW_01, "--n_files=2", *args)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and message in out and "Traceback" not in out
+    assert "/sample/" not in out  # stopped in start: no worker (and no retry) ran

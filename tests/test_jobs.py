@@ -3,8 +3,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from vectorgeo.errors import InvalidInputError
-from vectorgeo.jobs import finish_pair_shards, make_pair_shards, make_stencil, plan_pair_shards
+from vectorgeo.errors import IncompleteOutputError, InvalidInputError
+from vectorgeo.jobs.pairs import finish_pair_shards, make_pair_shards, plan_pair_shards
+from vectorgeo.jobs.stencil import make_stencil
 from vectorgeo.transfer import Bucket
 
 SETTINGS = {
@@ -51,7 +52,7 @@ def test_shards_then_manifest(bucket):
     manifest = finish_pair_shards(bucket, results, n_files=3, train_set="t", **settings)
     assert manifest["n_pairs"] == 15
     assert json.loads(bucket.read_bytes("train/t/manifest.json")) == manifest
-    with pytest.raises(InvalidInputError, match="1 of 4 training shards were not written"):
+    with pytest.raises(IncompleteOutputError, match="1 of 4 training shards are missing"):
         finish_pair_shards(bucket, results, n_files=4, train_set="t", **settings)
 
 

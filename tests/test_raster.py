@@ -5,7 +5,15 @@ import rasterio
 from tests.conftest import LC100_PIXEL_DEG
 from vectorgeo.errors import RasterAccessError, UnknownClassCodeError
 from vectorgeo.legends import NODATA_INDEX, get_legend
-from vectorgeo.raster import dem_patches, extract_patches, latlng_to_pixels, open_raster, pixel_size_m, sample_classes
+from vectorgeo.raster import (
+    dem_patches,
+    extract_patches,
+    latlng_to_pixels,
+    open_raster,
+    pixel_sides_m,
+    pixel_size_m,
+    sample_classes,
+)
 
 LC = get_legend("lc100")
 WEST, NORTH = -123.5, 44.8
@@ -95,7 +103,7 @@ def test_projected_raster_patches_centre_on_the_point(write_raster):
         row, col = latlng_to_pixels(ds, np.array(lat), np.array(lng))
         assert row[0] == pytest.approx(40.5, abs=1e-6) and col[0] == pytest.approx(70.5, abs=1e-6)
         patches = extract_patches(ds, np.array(lat), np.array(lng), LC, patch_px=10)
-        assert pixel_size_m(ds) == pytest.approx(30.0)
+        assert pixel_size_m(ds) == pytest.approx(30.0, rel=0.002)  # UTM scale 0.9996 on the central meridian
     np.testing.assert_array_equal(patches.classes[0], LC.codes_to_indices(codes[35:45, 65:75]))
 
 
@@ -107,9 +115,18 @@ def test_sample_classes_reads_the_pixel_under_each_point(write_raster):
     assert got.tolist() == [idx[0, 0], idx[49, 49], idx[25, 7], NODATA_INDEX]
 
 
-def test_geographic_pixel_size_in_metres(write_raster):
-    with open_raster(write_raster(_coded(10, 10))) as ds:
-        assert pixel_size_m(ds) == pytest.approx(97.0, abs=3.0)  # 1/1008 degree near 44.8 N
+def test_pixel_ground_size_in_any_crs(write_raster):
+    with open_raster(write_raster(_coded(10, 10))) as ds:  # 1/1008 degree near 44.8 N
+        x_m, y_m = pixel_sides_m(ds)
+        assert x_m == pytest.approx(110.3 * np.cos(np.radians(44.8)), rel=0.01) and y_m == pytest.approx(
+            110.3, rel=0.01
+        )
+        assert pixel_size_m(ds) == pytest.approx(np.sqrt(x_m * y_m))
+    # Web Mercator at 60 N: a nominal 100 m pixel is 50 m on the ground
+    y60 = 8_399_737.9  # EPSG:3857 northing of 60 N
+    with open_raster(write_raster(_coded(10, 10), west=0.0, north=y60 + 500, pixel=100.0, crs="EPSG:3857")) as ds:
+        x_m, y_m = pixel_sides_m(ds)
+    assert x_m == pytest.approx(50.0, rel=0.01) and y_m == pytest.approx(50.0, rel=0.01)
 
 
 def test_open_errors_name_the_problem(tmp_path, write_raster):
@@ -165,3 +182,11 @@ def test_dem_nan_off_the_land_cover(write_raster):
     with open_raster(lc_path) as lc, open_raster(dem_path) as dem:
         got = dem_patches(dem, lc, *_pixel_centre(np.array([2, 20]), np.array([2, 20])), patch_px=8)
     assert np.isnan(got[0]).all() and (got[1] == 1).all()
+
+
+def test_dem_stride_samples_block_centres(write_raster):
+    elev = (np.arange(40)[:, None] * 100 + np.arange(40)[None, :]).astype(np.float32)
+    lc_path, dem_path = write_raster(_coded(40, 40)), write_raster(elev, nodata=-9999.0)
+    with open_raster(lc_path) as lc, open_raster(dem_path) as dem:
+        got = dem_patches(dem, lc, *_pixel_centre(np.array([20]), np.array([20])), patch_px=8, stride=4)
+    np.testing.assert_array_equal(got[0], elev[[18, 22]][:, [18, 22]])

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from vectorgeo.errors import InvalidInputError
+from vectorgeo.geodesy import destination_points, haversine_m
 from vectorgeo.legends import get_legend
-from vectorgeo.raster import open_raster
+from vectorgeo.raster import latlng_to_pixels, open_raster
 from vectorgeo.sampling import (
-    destination_points,
     dominant_class_fraction,
     random_points_in_bounds,
     read_shard,
@@ -14,13 +14,6 @@ from vectorgeo.sampling import (
 )
 
 LC = get_legend("lc100")
-
-
-def _haversine_m(lat1, lng1, lat2, lng2):
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dp, dl = p2 - p1, np.radians(lng2 - lng1)
-    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * 6_371_008.8 * np.arcsin(np.sqrt(a))
 
 
 def test_destination_points_known_answers():
@@ -36,7 +29,7 @@ def test_destination_distance_is_exact_on_the_sphere():
     lat, lng = rng.uniform(-70, 70, 1000), rng.uniform(-180, 180, 1000)
     dist = rng.uniform(100, 50_000, 1000)
     lat2, lng2 = destination_points(lat, lng, rng.uniform(0, 2 * np.pi, 1000), dist)
-    np.testing.assert_allclose(_haversine_m(lat, lng, lat2, lng2), dist, rtol=1e-6)
+    np.testing.assert_allclose(haversine_m(lat, lng, lat2, lng2), dist, rtol=1e-6)
 
 
 def test_random_points_uniform_by_area():
@@ -71,10 +64,15 @@ def test_pairs_are_valid_non_uniform_and_in_the_annulus(mosaic_raster):
     assert shard.anchor.dtype == np.uint8 and shard.anchor.max() < LC.n_classes
     assert dominant_class_fraction(shard.anchor).max() <= 0.9
     assert dominant_class_fraction(shard.neighbor).max() <= 0.9
-    d = _haversine_m(*shard.anchor_latlng.T, *shard.neighbor_latlng.T)
+    d = haversine_m(*shard.anchor_latlng.T, *shard.neighbor_latlng.T)
     min_d = shard.meta["min_distance_m"]
-    assert min_d == pytest.approx(16 * shard.meta["pixel_size_m"])
+    assert min_d == pytest.approx(16 * max(shard.meta["pixel_sides_m"]))
     assert (d >= min_d - 1).all() and (d <= 4000 + 1).all()
+    with open_raster(mosaic_raster) as ds:  # no pixel is in both patches of a pair
+        a_row, a_col = latlng_to_pixels(ds, *shard.anchor_latlng.T)
+        n_row, n_col = latlng_to_pixels(ds, *shard.neighbor_latlng.T)
+    apart = (np.abs(np.floor(a_row) - np.floor(n_row)) >= 16) | (np.abs(np.floor(a_col) - np.floor(n_col)) >= 16)
+    assert apart.all()
     assert shard.meta["legend"]["name"] == "lc100"
 
 

@@ -3,6 +3,7 @@ import json
 import h3
 import numpy as np
 import pytest
+import shapely
 
 from tests.conftest import LC100_PIXEL_DEG
 from vectorgeo.errors import InvalidInputError
@@ -14,6 +15,7 @@ from vectorgeo.stencil import (
     build_stencil,
     cells_to_latlng,
     check_resolution,
+    footprint_to_geometry,
     parse_aoi,
     read_stencil,
     write_stencil,
@@ -168,3 +170,32 @@ def test_stencil_parquet_round_trip(tmp_path):
     back = read_stencil(path)
     assert back.equals(table.replace_schema_metadata(back.schema.metadata))
     assert json.loads(back.schema.metadata[b"vectorgeo"]) == {"h3_resolution": 4}
+
+
+def test_aoi_with_an_edge_on_a_tile_boundary():
+    """Cutting at 30-degree tiles can leave stray edges; only the polygon parts are filled."""
+    aoi = parse_aoi('{"type":"Polygon","coordinates":[[[-10,0],[0,0],[0,10],[5,10],[5,20],[-10,20],[-10,0]]]}')
+    cells = np.concatenate(list(aoi_to_cells(aoi, 4)))
+    lat, lng = cells_to_latlng(cells)
+    assert cells.size > 1000 and np.unique(cells).size == cells.size
+    assert shapely.contains_xy(aoi.buffer(1e-9), lng, lat).all()
+
+
+def test_antimeridian_aoi_fills_only_its_parts():
+    aoi = parse_aoi("170,-30,-170,30")  # 20 x 60 degrees across 180
+    cells = np.concatenate(list(aoi_to_cells(aoi, 3)))
+    lat, lng = cells_to_latlng(cells)
+    assert ((lng >= 170) | (lng <= -170)).all() and (np.abs(lat) <= 30).all()
+    assert cells.size < 0.05 * h3.get_num_cells(3)  # not the whole globe
+
+
+@pytest.mark.parametrize(
+    ("bounds", "expected"),
+    [
+        ((-180.0004, -60.0, 179.9996, 80.0), (-180.0, -60.0, 180.0, 80.0)),  # half a pixel past 180: the globe
+        ((170.0, 0.0, 190.0, 10.0), (-180.0, 0.0, 180.0, 10.0)),  # past 180: wrapped into two parts
+        ((10.0, -95.0, 20.0, 95.0), (10.0, -90.0, 20.0, 90.0)),
+    ],
+)
+def test_raster_footprints_are_wrapped_not_rejected(bounds, expected):
+    assert footprint_to_geometry(*bounds).bounds == pytest.approx(expected)

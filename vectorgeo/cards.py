@@ -26,3 +26,35 @@ def pairs_card(manifest: dict) -> list:
     """Card for flow 01: pairs written and the sampling settings."""
     rows = {k: v for k, v in manifest.items() if k != "shards"}
     return summary_table("Training pairs", rows)
+
+
+def _image(png: bytes | None, label: str) -> list:
+    from metaflow.cards import Image
+
+    return [Image(src=png, label=label)] if png else []
+
+
+def training_card(summary: dict, figure_png: bytes | None = None) -> list:
+    """Card for flow 02: losses, pair counts, and the diagnostics figure."""
+    return summary_table("Encoder training", summary) + _image(figure_png, "loss, held-out PCA, per-dimension std")
+
+
+def inference_card(manifest: dict) -> list:
+    """Card for flow 03: cells embedded, invalid patches skipped, parts reused."""
+    return summary_table("Inference", {k: v for k, v in manifest.items() if k != "parts"})
+
+
+def evaluation_card(report: dict, figure_png: bytes | None = None) -> list:
+    """Card for flow 05: each method's metrics side by side, the checks, the figure."""
+    from metaflow.cards import Markdown, Table
+
+    methods = report["methods"]
+    metrics = list(next(iter(methods.values())))
+    rows = [[metric, *(str(methods[m][metric]) for m in methods)] for metric in metrics]
+    checks = ", ".join(f"{k}: {v}" for k, v in report["checks"].items())
+    return [
+        Markdown(f"# Evaluation of {report.get('model')} on {report['n_cells']} held-out cells"),
+        Table(rows, headers=["metric", *methods]),
+        Markdown(f"Checks: {checks}"),
+        *_image(figure_png, "methods side by side"),
+    ]

@@ -45,3 +45,7 @@ class BucketAccessError(VectorGeoError, PermissionError):
 
 class RasterAccessError(VectorGeoError, OSError):
     """A raster is missing, unreadable, or lacks what VectorGeo needs (a CRS)."""
+
+
+class IncompleteOutputError(VectorGeoError, RuntimeError):
+    """A step's outputs are missing from the bucket (a worker lost its work); rerun the flow."""

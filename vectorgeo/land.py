@@ -8,10 +8,15 @@ raster, nor one of the legend's sea classes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from vectorgeo.legends import NODATA_INDEX, Legend
 from vectorgeo.raster import sample_classes
+
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
 
 __all__ = ["is_land", "is_land_by_mask"]
 
@@ -35,7 +40,7 @@ def is_land_by_mask(lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
 def is_land(
     lat: np.ndarray,
     lng: np.ndarray,
-    dataset=None,
+    dataset: DatasetReader | None = None,
     legend: Legend | None = None,
     *,
     progress: bool = False,

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from vectorgeo.errors import InvalidInputError, RasterAccessError
+from vectorgeo.geodesy import haversine_m
 from vectorgeo.legends import NODATA_INDEX, Legend
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "extract_patches",
     "latlng_to_pixels",
     "open_raster",
+    "pixel_sides_m",
     "pixel_size_m",
     "raster_bounds_latlng",
     "sample_classes",
@@ -37,7 +39,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EARTH_RADIUS_M = 6_371_008.8
 _WGS84 = "EPSG:4326"
 
 
@@ -123,19 +124,28 @@ def raster_bounds_latlng(dataset: rasterio.DatasetReader) -> tuple[float, float,
     return tuple(float(v) for v in transform_bounds(dataset.crs, _WGS84, *dataset.bounds, densify_pts=21))
 
 
-def pixel_size_m(dataset: rasterio.DatasetReader) -> float:
-    """Approximate ground size of one pixel in metres, at the raster centre.
+def pixel_sides_m(dataset: rasterio.DatasetReader) -> tuple[float, float]:
+    """Ground size ``(x, y)`` in metres of the pixel at the raster centre.
 
-    Geographic rasters are converted at the centre latitude (east-west and
-    north-south averaged); projected rasters use their linear unit.
+    Measured on the sphere between neighbouring pixel centres, so it holds in
+    any CRS: degrees shrink with latitude, Web Mercator metres shrink by
+    ``cos(lat)``, UTM metres are nearly true.
     """
-    res_x, res_y = dataset.res
-    if dataset.crs.is_geographic:
-        _, south, _, north = raster_bounds_latlng(dataset)
-        lat_c = math.radians((south + north) / 2)
-        deg_m = math.pi * _EARTH_RADIUS_M / 180
-        return float((res_x * deg_m * math.cos(lat_c) + res_y * deg_m) / 2)
-    return float((res_x + res_y) / 2 * dataset.crs.linear_units_factor[1])
+    row, col = dataset.height // 2, dataset.width // 2
+    cols = np.array([col, col + 1, col], dtype=np.float64) + 0.5
+    rows = np.array([row, row, row + 1], dtype=np.float64) + 0.5
+    t = dataset.transform
+    xs, ys = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+    lng, lat = (np.asarray(v) for v in warp_transform(dataset.crs, _WGS84, xs, ys))
+    x_m = haversine_m(lat[0], lng[0], lat[1], lng[1])
+    y_m = haversine_m(lat[0], lng[0], lat[2], lng[2])
+    return float(x_m), float(y_m)
+
+
+def pixel_size_m(dataset: rasterio.DatasetReader) -> float:
+    """Typical ground size of a pixel in metres: the geometric mean of :func:`pixel_sides_m`."""
+    x_m, y_m = pixel_sides_m(dataset)
+    return float(math.sqrt(x_m * y_m))
 
 
 def extract_patches(
@@ -180,7 +190,7 @@ def extract_patches(
     valid = np.zeros(n, dtype=bool)
     offsets = np.arange(patch_px)
     nodata = dataset.nodatavals[band - 1]
-    groups = _grouped_windows(dataset, r0, c0, patch_px, np.flatnonzero(inside), region_px, band)
+    groups = _grouped_windows(dataset, r0, c0, r0 + patch_px, c0 + patch_px, np.flatnonzero(inside), region_px, band)
     for members, window in tqdm(groups, disable=None if progress else True, desc="patch regions", unit="region"):
         block = legend.codes_to_indices(dataset.read(band, window=window), nodata=nodata)
         rr = (r0[members] - window.row_off)[:, None, None] + offsets[None, :, None]
@@ -198,6 +208,7 @@ def dem_patches(
     lng: np.ndarray,
     *,
     patch_px: int = 32,
+    stride: int = 1,
     region_px: int = 2048,
     band: int = 1,
 ) -> np.ndarray:
@@ -205,8 +216,11 @@ def dem_patches(
 
     The DEM may have another CRS and grid than the land cover (SRTM in
     EPSG:4326 beside NLCD in UTM): each land-cover pixel centre of the patch
-    that :func:`extract_patches` cuts for the same point is transformed into
-    the DEM's CRS and takes the value of the DEM pixel under it (nearest).
+    that :func:`extract_patches` cuts for the same point takes the value of
+    the DEM pixel under it (nearest). Only the four corner centres of a patch
+    go through the CRS transform; the rest are interpolated bilinearly, which
+    over a patch of a few km is exact to a small fraction of a pixel. DEM
+    reads are block-ordered, as for the land cover.
 
     Args:
         dem: Open DEM, any CRS, values in metres.
@@ -214,32 +228,78 @@ def dem_patches(
         lat: Latitudes of patch centres, degrees (EPSG:4326).
         lng: Longitudes of patch centres, degrees (EPSG:4326).
         patch_px: Patch side in land-cover pixels.
+        stride: Sample every ``stride``-th pixel (the centre of each
+            ``stride`` x ``stride`` block): a cheap mean elevation needs far
+            fewer samples than a model channel.
         region_px: Side of the DEM read regions in pixels.
         band: DEM band.
 
     Returns:
-        float32 ``(N, patch_px, patch_px)`` metres; NaN at DEM nodata, off
-        the DEM, and everywhere in patches off the land-cover raster.
+        float32 ``(N, S, S)`` metres with ``S = ceil(patch_px / stride)``;
+        NaN at DEM nodata, off the DEM, and everywhere in patches off the
+        land-cover raster.
     """
     r0, c0, inside = _patch_origins(landcover, lat, lng, patch_px)
-    out = np.full((r0.size, patch_px, patch_px), np.nan, dtype=np.float32)
+    offsets = np.arange(0, patch_px, stride) + min(stride, patch_px) / 2
+    out = np.full((r0.size, offsets.size, offsets.size), np.nan, dtype=np.float32)
     idx = np.flatnonzero(inside)
     if idx.size == 0:
         return out
-    offsets = np.arange(patch_px) + 0.5
-    rows = (r0[idx, None, None] + offsets[None, :, None]) * np.ones((1, 1, patch_px))
-    cols = (c0[idx, None, None] + offsets[None, None, :]) * np.ones((1, patch_px, 1))
-    t = landcover.transform
+    dem_rows, dem_cols = _dem_pixels_of_patches(dem, landcover, r0[idx], c0[idx], offsets)
+    nodata = dem.nodatavals[band - 1]
+    r_min, c_min = dem_rows.min(axis=(1, 2)), dem_cols.min(axis=(1, 2))
+    r_max, c_max = dem_rows.max(axis=(1, 2)) + 1, dem_cols.max(axis=(1, 2)) + 1
+    touches = (r_max > 0) & (c_max > 0) & (r_min < dem.height) & (c_min < dem.width)
+    r_min, c_min = np.maximum(r_min, 0), np.maximum(c_min, 0)
+    r_max, c_max = np.minimum(r_max, dem.height), np.minimum(c_max, dem.width)
+    groups = _grouped_windows(dem, r_min, c_min, r_max, c_max, np.flatnonzero(touches), region_px, band)
+    for members, window in groups:
+        block = dem.read(band, window=window).astype(np.float32)
+        if nodata is not None:
+            block[block == np.float32(nodata)] = np.nan
+        h, w = block.shape
+        rr, cc = dem_rows[members] - window.row_off, dem_cols[members] - window.col_off
+        values = block[np.clip(rr, 0, h - 1), np.clip(cc, 0, w - 1)]
+        values[~((rr >= 0) & (rr < h) & (cc >= 0) & (cc < w))] = np.nan
+        out[idx[members]] = values
+    return out
+
+
+def _dem_pixels_of_patches(
+    dem: rasterio.DatasetReader, landcover: rasterio.DatasetReader, r0: np.ndarray, c0: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """DEM (row, col) under the land-cover points ``(r0 + offsets, c0 + offsets)`` of each patch, int64.
+
+    Same CRS and north-up grids: a DEM row depends only on the land-cover row
+    (and a column on the column), so the arrays are ``(n, P, 1)`` and
+    ``(n, 1, P)`` and broadcast. Otherwise the four corner centres go through
+    the CRS transform and the rest are interpolated: ``(n, P, P)`` each.
+    """
+    t, inv = landcover.transform, ~dem.transform
+    if dem.crs == landcover.crs and t.b == t.d == 0 and inv.b == inv.d == 0:
+        ys = t.e * (r0[:, None, None] + offsets[None, :, None]) + t.f
+        xs = t.a * (c0[:, None, None] + offsets[None, None, :]) + t.c
+        return np.floor(inv.e * ys + inv.f).astype(np.int64), np.floor(inv.a * xs + inv.c).astype(np.int64)
+    corner = np.array([offsets[0], offsets[-1]])
+    rows = r0[:, None, None] + corner[None, :, None] + np.zeros((1, 1, 2))
+    cols = c0[:, None, None] + corner[None, None, :] + np.zeros((1, 2, 1))
     xs, ys = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
     if dem.crs != landcover.crs:
         xs, ys = (
             np.asarray(v).reshape(rows.shape) for v in warp_transform(landcover.crs, dem.crs, xs.ravel(), ys.ravel())
         )
-    inv = ~dem.transform
-    dem_cols = np.floor(inv.a * xs + inv.b * ys + inv.c)
-    dem_rows = np.floor(inv.d * xs + inv.e * ys + inv.f)
-    out[idx] = _read_pixels(dem, dem_rows.ravel(), dem_cols.ravel(), band=band, region_px=region_px).reshape(rows.shape)
-    return out
+    frow = _bilinear((inv.d * xs + inv.e * ys + inv.f).astype(np.float32), offsets.size)
+    fcol = _bilinear((inv.a * xs + inv.b * ys + inv.c).astype(np.float32), offsets.size)
+    return np.floor(frow).astype(np.int64), np.floor(fcol).astype(np.int64)
+
+
+def _bilinear(corners: np.ndarray, size: int) -> np.ndarray:
+    """Interpolate ``(n, 2, 2)`` corner values over an ``(n, size, size)`` grid of pixel centres."""
+    w = np.linspace(0.0, 1.0, size, dtype=corners.dtype) if size > 1 else np.zeros(1, dtype=corners.dtype)
+    v, u = w[None, :, None], w[None, None, :]
+    top = corners[:, :1, :1] * (1 - u) + corners[:, :1, 1:] * u
+    bottom = corners[:, 1:, :1] * (1 - u) + corners[:, 1:, 1:] * u
+    return top * (1 - v) + bottom * v
 
 
 def _patch_origins(
@@ -266,50 +326,34 @@ def _patch_origins(
 
 def _grouped_windows(
     dataset: rasterio.DatasetReader,
-    r0: np.ndarray,
-    c0: np.ndarray,
-    size: int,
+    r_min: np.ndarray,
+    c_min: np.ndarray,
+    r_max: np.ndarray,
+    c_max: np.ndarray,
     idx: np.ndarray,
     region_px: int,
     band: int,
 ) -> Iterator[tuple[np.ndarray, Window]]:
-    """Group items ``idx`` (each a ``size`` square at ``r0, c0``) by raster region.
+    """Group items ``idx`` (pixel boxes ``[r_min, r_max) x [c_min, c_max)``) by raster region.
 
-    Regions are whole numbers of the raster's blocks; each yields its members
-    and the one window that covers them all, so every region is read once.
+    Regions are whole numbers of the raster's blocks, keyed by each box's
+    top-left pixel; each yields its members and the one window that covers
+    them all, so every region is read once.
     """
     if idx.size == 0:
         return
     block_h, block_w = dataset.block_shapes[band - 1]
     step_r = max(block_h, math.ceil(region_px / block_h) * block_h)
     step_c = max(block_w, math.ceil(region_px / block_w) * block_w)
-    region = (r0[idx] // step_r) * (dataset.width // step_c + 1) + c0[idx] // step_c
+    region = (r_min[idx] // step_r) * (dataset.width // step_c + 1) + c_min[idx] // step_c
     order = np.argsort(region, kind="stable")
     idx, region = idx[order], region[order]
     starts = np.flatnonzero(np.r_[True, region[1:] != region[:-1]])
     for start, end in zip(starts, np.r_[starts[1:], idx.size], strict=True):
         members = idx[start:end]
-        top, left = int(r0[members].min()), int(c0[members].min())
-        bottom, right = int(r0[members].max()) + size, int(c0[members].max()) + size
+        top, left = int(r_min[members].min()), int(c_min[members].min())
+        bottom, right = int(r_max[members].max()), int(c_max[members].max())
         yield members, Window(left, top, right - left, bottom - top)
-
-
-def _read_pixels(
-    dataset: rasterio.DatasetReader, rows: np.ndarray, cols: np.ndarray, *, band: int, region_px: int
-) -> np.ndarray:
-    """Values (float32) of many pixels, NaN off the raster or at nodata; one read per region."""
-    values = np.full(rows.size, np.nan, dtype=np.float32)
-    ok = np.isfinite(rows) & np.isfinite(cols)
-    r = np.where(ok, rows, -1).astype(np.int64)
-    c = np.where(ok, cols, -1).astype(np.int64)
-    ok &= (r >= 0) & (c >= 0) & (r < dataset.height) & (c < dataset.width)
-    nodata = dataset.nodatavals[band - 1]
-    for members, window in _grouped_windows(dataset, r, c, 1, np.flatnonzero(ok), region_px, band):
-        block = dataset.read(band, window=window).astype(np.float32)
-        if nodata is not None:
-            block[block == np.float32(nodata)] = np.nan
-        values[members] = block[r[members] - window.row_off, c[members] - window.col_off]
-    return values
 
 
 def sample_classes(

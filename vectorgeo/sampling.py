@@ -1,10 +1,10 @@
 """Anchor/neighbour patch pairs for triplet-loss training.
 
-An anchor is a random point on land; its neighbour lies at a random bearing,
-at a great-circle distance between one patch width (so the two patches do
-not overlap) and ``pair_distance_m``. Pairs whose patches touch nodata or
-the raster edge, or are near-uniform (one class covering almost the whole
-patch: nothing to learn), are dropped and redrawn.
+An anchor is a random point on land; its neighbour, also on land, lies at a
+random bearing, at a great-circle distance between one patch width and
+``pair_distance_m``. Pairs whose patches share pixels, touch nodata or the
+raster edge, or are near-uniform (one class covering almost the whole patch:
+nothing to learn), are dropped and redrawn.
 """
 
 from __future__ import annotations
@@ -14,18 +14,23 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vectorgeo.errors import InvalidInputError
+from vectorgeo.geodesy import destination_points
 from vectorgeo.land import is_land
 from vectorgeo.legends import Legend
-from vectorgeo.raster import dem_patches, extract_patches, pixel_size_m, raster_bounds_latlng
+from vectorgeo.raster import dem_patches, extract_patches, latlng_to_pixels, pixel_sides_m, raster_bounds_latlng
+
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
 
 __all__ = [
     "PairShard",
-    "destination_points",
     "dominant_class_fraction",
+    "dominant_class",
     "random_points_in_bounds",
     "read_shard",
     "sample_pairs",
@@ -33,8 +38,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_EARTH_RADIUS_M = 6_371_008.8
 
 
 @dataclass
@@ -82,28 +85,20 @@ def random_points_in_bounds(
     return lat, lng
 
 
-def destination_points(
-    lat: np.ndarray, lng: np.ndarray, bearing_rad: np.ndarray, distance_m: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Great-circle destinations from points, bearings and distances.
-
-    Args:
-        lat: Start latitudes, degrees.
-        lng: Start longitudes, degrees.
-        bearing_rad: Initial bearings, radians clockwise from north.
-        distance_m: Distances along the sphere, metres.
-
-    Returns:
-        ``(lat, lng)`` of the destinations, degrees, longitudes in [-180, 180).
-    """
-    phi1, lam1 = np.radians(lat), np.radians(lng)
-    delta = np.asarray(distance_m) / _EARTH_RADIUS_M
-    sin_phi2 = np.sin(phi1) * np.cos(delta) + np.cos(phi1) * np.sin(delta) * np.cos(bearing_rad)
-    phi2 = np.arcsin(np.clip(sin_phi2, -1.0, 1.0))
-    lam2 = lam1 + np.arctan2(
-        np.sin(bearing_rad) * np.sin(delta) * np.cos(phi1), np.cos(delta) - np.sin(phi1) * sin_phi2
-    )
-    return np.degrees(phi2), (np.degrees(lam2) + 180.0) % 360.0 - 180.0
+def _patches_overlap(
+    dataset: DatasetReader,
+    a_lat: np.ndarray,
+    a_lng: np.ndarray,
+    n_lat: np.ndarray,
+    n_lng: np.ndarray,
+    patch_px: int,
+) -> np.ndarray:
+    """True where two patches share pixels in the raster's own grid (the distance alone cannot tell)."""
+    a_row, a_col = latlng_to_pixels(dataset, a_lat, a_lng)
+    n_row, n_col = latlng_to_pixels(dataset, n_lat, n_lng)
+    d_row = np.abs(np.floor(a_row) - np.floor(n_row))
+    d_col = np.abs(np.floor(a_col) - np.floor(n_col))
+    return (d_row < patch_px) & (d_col < patch_px)
 
 
 def dominant_class_fraction(patches: np.ndarray) -> np.ndarray:
@@ -115,16 +110,32 @@ def dominant_class_fraction(patches: np.ndarray) -> np.ndarray:
     Returns:
         float64 ``(N,)`` in (0, 1].
     """
-    n = patches.shape[0]
-    if n == 0:
+    if patches.shape[0] == 0:
         return np.empty(0)
+    return _class_counts(patches).max(axis=1) / patches[0].size
+
+
+def dominant_class(patches: np.ndarray) -> np.ndarray:
+    """Most common class index of each patch (ties: the lowest index).
+
+    Args:
+        patches: uint8 ``(N, H, W)`` class indices.
+
+    Returns:
+        int64 ``(N,)``.
+    """
+    return _class_counts(patches).argmax(axis=1)
+
+
+def _class_counts(patches: np.ndarray) -> np.ndarray:
+    """Pixels of each of the 256 uint8 values per patch, ``(N, 256)``, by one bincount."""
+    n = patches.shape[0]
     flat = patches.reshape(n, -1).astype(np.int64)
-    counts = np.bincount((np.arange(n)[:, None] * 256 + flat).ravel(), minlength=n * 256).reshape(n, 256)
-    return counts.max(axis=1) / flat.shape[1]
+    return np.bincount((np.arange(n)[:, None] * 256 + flat).ravel(), minlength=n * 256).reshape(n, 256)
 
 
 def sample_pairs(
-    dataset,
+    dataset: DatasetReader,
     legend: Legend,
     n_pairs: int,
     *,
@@ -133,7 +144,7 @@ def sample_pairs(
     max_uniform_fraction: float = 0.95,
     seed: int | list[int] | np.random.Generator = 0,
     max_rounds: int = 50,
-    dem=None,
+    dem: DatasetReader | None = None,
 ) -> PairShard:
     """Draw ``n_pairs`` valid anchor/neighbour patch pairs from a raster.
 
@@ -143,7 +154,8 @@ def sample_pairs(
         n_pairs: Pairs wanted.
         patch_px: Patch side, pixels of this raster.
         pair_distance_m: Largest anchor-neighbour distance, metres; the
-            smallest is one patch width.
+            smallest is one patch width (its longer ground side), and pairs
+            whose patches share pixels are redrawn.
         max_uniform_fraction: Drop a patch whose most common class covers
             more than this share of it (1.0 keeps everything).
         seed: Seed, seed list (e.g. ``[run_seed, shard]``) or generator;
@@ -164,12 +176,12 @@ def sample_pairs(
     if not 0 < max_uniform_fraction <= 1:
         raise InvalidInputError(f"max_uniform_fraction must lie in (0, 1], got {max_uniform_fraction}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    pixel_m = pixel_size_m(dataset)
-    min_distance_m = patch_px * pixel_m
+    sides_m = pixel_sides_m(dataset)
+    min_distance_m = patch_px * max(sides_m)
     if pair_distance_m <= min_distance_m:
         raise InvalidInputError(
             f"pair_distance_meters={pair_distance_m:g} must exceed one patch width "
-            f"({patch_px} px x {pixel_m:.1f} m = {min_distance_m:.0f} m) so neighbours do not overlap anchors"
+            f"({patch_px} px x {max(sides_m):.1f} m = {min_distance_m:.0f} m) so neighbours do not overlap anchors"
         )
     bounds = raster_bounds_latlng(dataset)
     found: list[tuple[np.ndarray, ...]] = []
@@ -183,7 +195,8 @@ def sample_pairs(
         n_lat, n_lng = destination_points(a_lat, a_lng, rng.uniform(0, 2 * np.pi, a_lat.size), np.sqrt(r2))
         anchors = extract_patches(dataset, a_lat, a_lng, legend, patch_px=patch_px)
         neighbors = extract_patches(dataset, n_lat, n_lng, legend, patch_px=patch_px)
-        ok = anchors.valid & neighbors.valid
+        ok = anchors.valid & neighbors.valid & is_land(n_lat, n_lng, dataset, legend)
+        ok &= ~_patches_overlap(dataset, a_lat, a_lng, n_lat, n_lng, patch_px)
         ok[ok] &= dominant_class_fraction(anchors.classes[ok]) <= max_uniform_fraction
         ok[ok] &= dominant_class_fraction(neighbors.classes[ok]) <= max_uniform_fraction
         parts = [anchors.classes, neighbors.classes, a_lat, a_lng, n_lat, n_lng]
@@ -210,7 +223,8 @@ def sample_pairs(
     meta = {
         "legend": legend.to_dict(),
         "patch_px": patch_px,
-        "pixel_size_m": pixel_m,
+        "pixel_size_m": float(np.sqrt(sides_m[0] * sides_m[1])),
+        "pixel_sides_m": list(sides_m),
         "pair_distance_m": float(pair_distance_m),
         "min_distance_m": float(min_distance_m),
         "max_uniform_fraction": float(max_uniform_fraction),

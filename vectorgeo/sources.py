@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vectorgeo.errors import RasterAccessError
+from vectorgeo.legends import BUILTIN_LEGENDS, Legend, get_legend, read_legend_file
 from vectorgeo.transfer import Bucket
 
 __all__ = ["RasterInputs", "resolve_rasters", "synthetic_keys"]
@@ -36,8 +37,11 @@ class RasterInputs:
 
 
 def synthetic_keys(seed: int) -> tuple[str, str]:
-    """Bucket keys of the synthetic land cover and DEM for a seed."""
-    return f"rasters/synthetic-seed{seed}/landcover.tif", f"rasters/synthetic-seed{seed}/dem.tif"
+    """Bucket keys of the synthetic land cover and DEM for a seed (and generator version)."""
+    from vectorgeo.synthetic import GENERATOR_VERSION
+
+    base = f"rasters/synthetic-v{GENERATOR_VERSION}-seed{seed}"
+    return f"{base}/landcover.tif", f"{base}/dem.tif"
 
 
 def _ensure_synthetic(bucket: Bucket, seed: int) -> tuple[str, str]:
@@ -90,3 +94,21 @@ def resolve_rasters(
         return RasterInputs(bucket.download(lc_key), dem_path, f"synthetic (seed {synthetic_seed})")
     dem_path = _resolve_one(bucket, dem, "DEM") if dem and with_dem else None
     return RasterInputs(_resolve_one(bucket, landcover, "land-cover"), dem_path, landcover)
+
+
+def resolve_legend(bucket: Bucket, spec: str) -> Legend:
+    """A built-in legend by name, or a legend file as a local path or a bucket key.
+
+    Bucket keys let remote tasks read a user legend: the code package carries
+    only ``.py`` files.
+
+    Raises:
+        InvalidInputError: unknown name, missing file, or a malformed legend.
+    """
+    spec = spec.strip()
+    if spec.lower() in BUILTIN_LEGENDS or Path(spec).expanduser().is_file():
+        return get_legend(spec)
+    is_key = spec.lower().endswith((".csv", ".json")) and not spec.startswith(("/", ".", "~"))
+    if is_key and bucket.exists(spec):
+        return read_legend_file(bucket.download(spec))
+    return get_legend(spec)  # raises the precise error: unknown name, or no such file

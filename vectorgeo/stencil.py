@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -25,10 +26,14 @@ from vectorgeo.errors import InvalidInputError
 from vectorgeo.land import is_land
 from vectorgeo.legends import Legend
 
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
+
 __all__ = [
     "STENCIL_SCHEMA",
     "aoi_to_cells",
     "bounds_to_geometry",
+    "footprint_to_geometry",
     "build_stencil",
     "cells_to_latlng",
     "check_resolution",
@@ -120,9 +125,36 @@ def _tiles(aoi: shapely.Geometry) -> Iterator[shapely.Geometry]:
     west, south, east, north = aoi.bounds
     for lng0 in range(math.floor(west / _TILE_DEG) * _TILE_DEG, math.ceil(east), _TILE_DEG):
         for lat0 in range(math.floor(south / _TILE_DEG) * _TILE_DEG, math.ceil(north), _TILE_DEG):
-            piece = aoi.intersection(box(lng0, lat0, lng0 + _TILE_DEG, lat0 + _TILE_DEG))
-            if not piece.is_empty and piece.area > 0:
+            piece = _polygonal(aoi.intersection(box(lng0, lat0, lng0 + _TILE_DEG, lat0 + _TILE_DEG)))
+            if piece is not None:
                 yield piece
+
+
+def _polygonal(geom: shapely.Geometry) -> shapely.Geometry | None:
+    """The polygon parts of a geometry (a tile cut can leave stray edges and points), or None."""
+    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon") and p.area > 0]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else shapely.MultiPolygon([q for p in parts for q in shapely.get_parts(p)])
+
+
+def footprint_to_geometry(west: float, south: float, east: float, north: float) -> shapely.Geometry:
+    """A raster footprint in degrees as a polygon, wrapped into -180..180.
+
+    Unlike :func:`bounds_to_geometry` (which validates what a user typed),
+    this accepts what real rasters have: edges half a pixel past +-180,
+    longitudes beyond 180, a box crossing the antimeridian (``west > east``).
+    """
+    south, north = max(south, -90.0), min(north, 90.0)
+    if west > east:
+        east += 360.0
+    if east - west >= 360.0:
+        return box(-180.0, south, 180.0, north)
+    shift = 360.0 * math.floor((west + 180.0) / 360.0)
+    west, east = west - shift, east - shift  # now -180 <= west < 180
+    if east <= 180.0:
+        return box(west, south, east, north)
+    return shapely.MultiPolygon([box(west, south, 180.0, north), box(-180.0, south, east - 360.0, north)])
 
 
 def _all_cells(h3_resolution: int) -> Iterator[np.ndarray]:
@@ -149,7 +181,8 @@ def aoi_to_cells(aoi: shapely.Geometry | None, h3_resolution: int) -> Iterator[n
     import h3.api.numpy_int as h3
 
     check_resolution(h3_resolution)
-    if aoi is None or aoi.envelope.area >= _GLOBAL_FRACTION * 360 * 180:
+    bbox_area = sum(part.envelope.area for part in shapely.get_parts(aoi)) if aoi is not None else 0.0
+    if aoi is None or bbox_area >= _GLOBAL_FRACTION * 360 * 180:
         for cells in _all_cells(h3_resolution):
             if aoi is not None:
                 lat, lng = cells_to_latlng(cells)
@@ -182,7 +215,7 @@ def build_stencil(
     h3_resolution: int,
     *,
     aoi: shapely.Geometry | None = None,
-    dataset=None,
+    dataset: DatasetReader | None = None,
     legend: Legend | None = None,
     progress: bool = True,
 ) -> pa.Table:
@@ -207,7 +240,7 @@ def build_stencil(
     check_resolution(h3_resolution)
     region = aoi
     if dataset is not None:
-        footprint = bounds_to_geometry(*raster_bounds_latlng(dataset))
+        footprint = footprint_to_geometry(*raster_bounds_latlng(dataset))
         if aoi is not None:
             region = aoi.intersection(footprint)
             if region.is_empty or region.area == 0:

@@ -38,6 +38,7 @@ __all__ = [
     "DEM_NODATA",
     "LANDCOVER_NODATA",
     "MAX_PIXELS",
+    "GENERATOR_VERSION",
     "PIXELS_PER_DEGREE",
     "bounds_to_grid",
     "synthesize_landscape",
@@ -51,6 +52,9 @@ PIXELS_PER_DEGREE = 1008
 
 DEFAULT_BOUNDS = (-124.6, 44.0, -122.6, 45.5)
 """Default AOI ``(min_lng, min_lat, max_lng, max_lat)``: the Oregon coast, sea to the west."""
+
+GENERATOR_VERSION = 1
+"""Bumped whenever the generator's output changes, so buckets never reuse stale rasters."""
 
 MAX_PIXELS = 100_000_000  # generation needs ~100 bytes per pixel: ~10 GB at the cap
 """Largest AOI (in pixels) :func:`write_synthetic_rasters` accepts."""

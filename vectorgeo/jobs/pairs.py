@@ -1,80 +1,26 @@
-"""Bucket-to-bucket units of work, one per flow step.
-
-Each function reads its inputs from the bucket (through the local cache),
-runs one library routine, writes its outputs atomically back to the bucket
-and returns a small JSON-ready summary: exactly what a Metaflow step keeps
-as an artifact. Nothing here reads the environment; flows pass settings in.
-"""
+"""Flow 01's units of work: plan, sample and check training-pair shards."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import tempfile
-import time
 from pathlib import Path
 
-import shapely
-
-from vectorgeo.errors import InvalidInputError
-from vectorgeo.legends import get_legend
-from vectorgeo.raster import open_raster, raster_bounds_latlng
-from vectorgeo.sampling import sample_pairs, write_shard
-from vectorgeo.sources import resolve_rasters
-from vectorgeo.stencil import build_stencil, check_resolution, write_stencil
+from vectorgeo.errors import IncompleteOutputError, InvalidInputError
+from vectorgeo.raster import open_raster
+from vectorgeo.sampling import PairShard, sample_pairs, write_shard
+from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.transfer import Bucket
 
-__all__ = ["finish_pair_shards", "make_pair_shards", "make_stencil", "plan_pair_shards", "stencil_key"]
+__all__ = ["shard_key", "plan_pair_shards", "make_pair_shards", "finish_pair_shards"]
 
 logger = logging.getLogger(__name__)
 
 
-def stencil_key(h3_resolution: int) -> str:
-    """Bucket key of the stencil at a resolution."""
-    return f"stencil/res{h3_resolution}.parquet"
-
-
-def _shard_key(train_set: str, index: int) -> str:
+def shard_key(train_set: str, index: int) -> str:
+    """Bucket key of training shard ``index`` of a set."""
     return f"train/{train_set}/part-{index:05d}.npz"
-
-
-def make_stencil(
-    bucket: Bucket,
-    *,
-    h3_resolution: int,
-    landcover: str = "",
-    legend: str = "lc100",
-    aoi: shapely.Geometry | None = None,
-    synthetic_seed: int = 0,
-) -> dict:
-    """Build the land stencil for the configured raster and store it.
-
-    Writes ``stencil/res{R}.parquet``.
-
-    Returns:
-        Summary: key, cell count, raster source, elapsed seconds.
-    """
-    check_resolution(h3_resolution)
-    bucket.check_writable()
-    legend_obj = get_legend(legend)
-    started = time.perf_counter()
-    rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
-    with open_raster(rasters.landcover) as dataset:
-        table = build_stencil(h3_resolution, aoi=aoi, dataset=dataset, legend=legend_obj)
-        footprint = raster_bounds_latlng(dataset)
-    if table.num_rows == 0:
-        logger.warning("the stencil at resolution %d holds no land cell: is the AOI all sea?", h3_resolution)
-    key = stencil_key(h3_resolution)
-    meta = {
-        "h3_resolution": h3_resolution,
-        "raster": rasters.source,
-        "legend": legend_obj.name,
-        "aoi_bounds": list(aoi.bounds) if aoi is not None else None,
-        "raster_bounds": list(footprint),
-    }
-    with tempfile.TemporaryDirectory(prefix="vg-stencil-") as tmp:
-        bucket.upload(write_stencil(table, Path(tmp) / "stencil.parquet", meta), key)
-    return {"key": key, "n_cells": table.num_rows, "seconds": round(time.perf_counter() - started, 2), **meta}
 
 
 def plan_pair_shards(bucket: Bucket, n_files: int, n_jobs: int, **settings) -> list[list[int]]:
@@ -99,6 +45,7 @@ def plan_pair_shards(bucket: Bucket, n_files: int, n_jobs: int, **settings) -> l
     if settings["samples_per_file"] < 1:
         raise InvalidInputError(f"samples_per_file must be >= 1, got {settings['samples_per_file']}")
     bucket.check_writable()
+    bucket.exists(shard_key(settings["train_set"], 0))  # a train_set that makes a bad key fails here, once
     sampling = {k: v for k, v in settings.items() if k not in ("train_set", "samples_per_file")}
     _sample_shard(bucket, 0, samples=1, **sampling)
     return [list(range(j, n_files, n_jobs)) for j in range(min(n_jobs, n_files))]
@@ -117,8 +64,8 @@ def _sample_shard(
     synthetic_seed: int,
     dem: str = "",
     seed: int = 0,
-):
-    legend_obj = get_legend(legend)
+) -> PairShard:
+    legend_obj = resolve_legend(bucket, legend)
     rasters = resolve_rasters(bucket, landcover, dem, with_dem=True, synthetic_seed=synthetic_seed)
     with contextlib.ExitStack() as stack:
         dataset = stack.enter_context(open_raster(rasters.landcover))
@@ -158,7 +105,7 @@ def make_pair_shards(
     with tempfile.TemporaryDirectory(prefix="vg-pairs-") as tmp:
         for index in shard_indices:
             shard = _sample_shard(bucket, index, samples=samples_per_file, **settings)
-            key = _shard_key(train_set, index)
+            key = shard_key(train_set, index)
             bucket.upload(write_shard(shard, Path(tmp) / f"part-{index:05d}.npz"), key)
             written[key] = len(shard)
             meta = shard.meta
@@ -173,10 +120,12 @@ def finish_pair_shards(bucket: Bucket, results: list[dict], *, n_files: int, tra
         InvalidInputError: when shards are missing (a worker lost its output).
     """
     shards = {key: n for result in results for key, n in result["shards"].items()}
-    expected = [_shard_key(train_set, i) for i in range(n_files)]
+    expected = [shard_key(train_set, i) for i in range(n_files)]
     missing = [k for k in expected if k not in shards or not bucket.exists(k)]
     if missing:
-        raise InvalidInputError(f"{len(missing)} of {n_files} training shards were not written: {missing[:5]}")
+        raise IncompleteOutputError(
+            f"{len(missing)} of {n_files} training shards are missing from the bucket: {missing[:5]}; rerun flow 01"
+        )
     manifest = {
         "train_set": train_set,
         "n_files": n_files,

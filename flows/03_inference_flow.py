@@ -1,0 +1,115 @@
+"""Flow 03: embed every stencil cell, in parallel, resumably.
+
+Reads ``stencil/res{R}.parquet``, ``models/{name}.keras`` and the rasters;
+writes ``embeddings/{name}/res{R}/part-{i}.parquet`` and a manifest.
+"""
+
+from metaflow import Parameter, card, current, resources, retry, step
+
+import constants
+from flow_support import VectorGeoFlow, user_errors
+from vectorgeo.cards import inference_card
+from vectorgeo.jobs.infer import finish_inference, plan_inference, run_inference
+
+
+class InferenceFlow(VectorGeoFlow):
+    """Chunked, batched inference; parts already written by the same model are skipped."""
+
+    model_filename = Parameter("model_filename", help="Model file name under models/", default=constants.MODEL_FILENAME)
+    h3_resolution = Parameter(
+        "h3_resolution", help="Stencil resolution to embed", type=int, default=constants.H3_RESOLUTION
+    )
+    max_iters = Parameter("max_iters", help="Embed at most this many parts (smoke runs); 0 = all", type=int, default=0)
+    inference_batch_size = Parameter("inference_batch_size", help="Cells per forward pass", type=int, default=512)
+    chunk_size = Parameter("chunk_size", help="Stencil cells per part (one Parquet file)", type=int, default=20000)
+    n_workers = Parameter(
+        "n_workers",
+        help="Parallel workers, 1..100; each embeds several parts",
+        type=int,
+        default=constants.INFERENCE_WORKERS,
+    )
+    qdrant_collection = Parameter(
+        "qdrant_collection",
+        help="NOT BUILT YET: accepted now, ignored until the vector-store issue lands (then upserts as it goes)",
+        default="",
+    )
+    wipe_qdrant = Parameter("wipe_qdrant", help="NOT BUILT YET: accepted now, ignored", type=bool, default=False)
+    landcover = Parameter(
+        "landcover", help="Land-cover raster: local path or bucket key; empty = synthetic", default=constants.LANDCOVER
+    )
+    dem = Parameter(
+        "dem",
+        help="DEM: local path or bucket key; empty = synthetic DEM with synthetic land cover",
+        default=constants.DEM,
+    )
+    legend = Parameter("legend", help="Legend: lc100, worldcover, or a .csv/.json file", default=constants.LEGEND)
+    synthetic_seed = Parameter(
+        "synthetic_seed", help="Seed of the synthetic raster", type=int, default=constants.SYNTHETIC_SEED
+    )
+
+    @step
+    def start(self):
+        """Check model, legend and stencil once; split the work."""
+        if self.qdrant_collection or self.wipe_qdrant:
+            print("note: --qdrant_collection/--wipe_qdrant are not built yet and are ignored")
+        with user_errors():
+            self.workers = plan_inference(
+                self.step_bucket("start"),
+                model_filename=self.model_filename,
+                h3_resolution=self.h3_resolution,
+                chunk_size=self.chunk_size,
+                n_workers=self.n_workers,
+                max_iters=self.max_iters,
+                legend=self.legend,
+            )
+        self.n_parts = sum(len(w) for w in self.workers)
+        self.next(self.infer, foreach="workers")
+
+    @retry(times=2)
+    @resources(cpu=2, memory=8000)
+    @step
+    def infer(self):
+        """Embed this worker's parts (skipping finished ones)."""
+        with user_errors():
+            self.result = run_inference(
+                self.step_bucket("infer"),
+                self.input,
+                model_filename=self.model_filename,
+                h3_resolution=self.h3_resolution,
+                batch_size=self.inference_batch_size,
+                landcover=self.landcover,
+                dem=self.dem,
+                legend=self.legend,
+                synthetic_seed=self.synthetic_seed,
+            )
+        self.next(self.join)
+
+    @card(type="blank")
+    @step
+    def join(self, inputs):
+        """Check every part arrived; write the manifest."""
+        self.merge_artifacts(inputs, include=["n_parts"])
+        with user_errors():
+            self.manifest = finish_inference(
+                self.step_bucket("join"),
+                [i.result for i in inputs],
+                model_filename=self.model_filename,
+                h3_resolution=self.h3_resolution,
+                n_parts=self.n_parts,
+            )
+        current.card.extend(inference_card(self.manifest))
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Say where the embeddings are."""
+        m = self.manifest
+        print(
+            f"embeddings: {m['n_embedded']} cells ({m['n_invalid']} invalid patches skipped, "
+            f"{m['n_parts_skipped']} of {m['n_parts']} parts reused) "
+            f"-> embeddings/{m['model']}/res{m['h3_resolution']}/"
+        )
+
+
+if __name__ == "__main__":
+    InferenceFlow()

@@ -1,0 +1,364 @@
+"""Tests for vectorgeo.model: encoder, semi-hard triplet loss, augmentation, training, model files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vectorgeo import model as vm
+from vectorgeo.errors import InvalidInputError, NotFoundError
+from vectorgeo.legends import BUILTIN_LEGENDS, Legend
+
+# Keras's saver calls np.array() on TF variables, which lack numpy 2's copy= keyword; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_CLASSES = 5
+TINY = {"n_classes": N_CLASSES, "patch_px": 16, "embed_dim": 8, "num_filters": 8, "n_conv_blocks": 2}
+LEGEND = Legend("tiny", (10, 20, 30, 40, 50), ("Forest", "Grass", "Crop", "Urban", "Water"))
+
+
+def synthetic_pairs(n: int, rng: np.random.Generator, *, patch_px: int = 16, noise: float = 0.1):
+    """Blocky patches mixing 3 random classes; the neighbour is a noisy copy of the anchor."""
+    subsets = rng.integers(0, N_CLASSES, (n, 3))
+    coarse = np.take_along_axis(subsets, rng.integers(0, 3, (n, 16)), axis=1).reshape(n, 4, 4)
+    anchor = np.repeat(np.repeat(coarse, patch_px // 4, axis=1), patch_px // 4, axis=2).astype(np.uint8)
+    neighbor = anchor.copy()
+    flip = rng.random(anchor.shape) < noise
+    neighbor[flip] = rng.integers(0, N_CLASSES, flip.sum())
+    return anchor, neighbor
+
+
+def numpy_semihard(a: np.ndarray, p: np.ndarray, margin: float) -> float:
+    """Reference: loops, straight from the definition in triplet_semihard_loss's docstring."""
+    n, losses = len(a), []
+    for i in range(n):
+        d_ap = np.sum((a[i] - p[i]) ** 2)
+        negs = [np.sum((a[i] - x[j]) ** 2) for x in (p, a) for j in range(n) if j != i]
+        if not negs:
+            losses.append(0.0)
+            continue
+        farther = [d for d in negs if d > d_ap]
+        d_an = min(farther) if farther else max(negs)
+        losses.append(max(d_ap - d_an + margin, 0.0))
+    return float(np.mean(losses))
+
+
+def keras_loss(a: np.ndarray, p: np.ndarray, margin: float) -> float:
+    import keras
+
+    pairs = np.stack([a, p], axis=1).astype(np.float32)
+    value = vm.triplet_semihard_loss(margin)(np.zeros(len(a), np.float32), pairs)
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def unit(*angles_deg: float) -> np.ndarray:
+    rad = np.radians(angles_deg)
+    return np.stack([np.cos(rad), np.sin(rad)], axis=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(42)
+    anchor, neighbor = synthetic_pairs(640, rng)
+    return {"anchor": anchor[:512], "neighbor": neighbor[:512]}, {"anchor": anchor[512:], "neighbor": neighbor[512:]}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    train, val = data
+    ckpt = tmp_path_factory.mktemp("ckpt") / "best.keras"
+    config = vm.EncoderConfig(**TINY)
+    encoder, history = vm.train_encoder(
+        train, val, config, epochs=8, batch_size=32, patience=2, learning_rate=3e-3, checkpoint_path=ckpt
+    )
+    return encoder, history, ckpt
+
+
+@pytest.fixture(scope="module")
+def saved(trained, tmp_path_factory):
+    encoder, history, _ = trained
+    sidecar = {"legend": LEGEND.to_dict(), "pixel_size_m": 100.0, "training": history}
+    return vm.save_model(encoder, tmp_path_factory.mktemp("models") / "tiny", sidecar)
+
+
+def test_import_does_not_load_keras():
+    code = (
+        "import sys, vectorgeo.model; assert not {'keras', 'tensorflow', 'jax'} & set(sys.modules), sys.modules.keys()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_config_round_trip_and_validation():
+    config = vm.EncoderConfig(**TINY, use_dem=True, dem_mean_m=120.0, dem_std_m=30.0)
+    assert vm.EncoderConfig.from_dict({**config.to_dict(), "future_field": 1}) == config
+    with pytest.raises(InvalidInputError, match="patch_px=8 is too small"):
+        vm.EncoderConfig(n_classes=5, patch_px=8, n_conv_blocks=3)
+    with pytest.raises(InvalidInputError, match="std > 0"):
+        vm.EncoderConfig(n_classes=5, patch_px=16, dem_std_m=0.0)
+    with pytest.raises(InvalidInputError, match="malformed"):
+        vm.EncoderConfig.from_dict({"patch_px": 16})
+
+
+def test_encoder_shapes_dtype_unit_norm_from_uint8():
+    encoder = vm.build_encoder(vm.EncoderConfig(**TINY))
+    classes = np.random.default_rng(0).integers(0, N_CLASSES, (70, 16, 16), dtype=np.uint8)
+    classes[0, :4, :4] = 255  # nodata pixels one-hot to zeros instead of failing
+    out = vm.embed(encoder, classes, batch_size=32)  # 3 batches, the last padded
+    assert out.shape == (70, 8) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out[:5], vm.embed(encoder, classes[:5]), atol=1e-5)
+    with pytest.raises(InvalidInputError, match=r"\(N, 16, 16\)"):
+        vm.embed(encoder, classes[:, :8, :8])
+
+
+def test_loss_known_answers():
+    # d(a0,p0)=1; nearest farther negative d(a0,p1)=2 -> 1-2+1.5; d(a1,p1)=2, d(a1,p0)=3 -> 2-3+1.5
+    a, p = unit(0, 180), unit(60, 90)
+    assert keras_loss(a, p, 1.5) == pytest.approx(0.5, abs=1e-5)
+    assert numpy_semihard(a, p, 1.5) == pytest.approx(0.5)
+    # no negative is farther than the positive (d_ap=4, negatives at 2): fall back to the farthest, 4-2+0.2
+    a, p = unit(0, 90), unit(180, 270)
+    assert keras_loss(a, p, 0.2) == pytest.approx(2.2, abs=1e-5)
+    # identical pairs, negatives orthogonal (d=2 > margin): nothing to learn
+    eye = np.eye(4, dtype=np.float32)
+    assert keras_loss(eye, eye, 0.2) == pytest.approx(0.0, abs=1e-6)
+    assert keras_loss(eye[:1], eye[:1], 0.2) == 0.0  # a batch of one has no negative
+
+
+def test_loss_matches_numpy_reference_on_random_batch():
+    rng = np.random.default_rng(3)
+    a, p = rng.normal(size=(2, 12, 6))
+    a, p = a / np.linalg.norm(a, axis=1, keepdims=True), p / np.linalg.norm(p, axis=1, keepdims=True)
+    p[:4] = a[:4] + 0.05 * rng.normal(size=(4, 6))  # a mix of easy and hard positives
+    for margin in (0.2, 1.0):
+        assert keras_loss(a, p, margin) == pytest.approx(numpy_semihard(a, p, margin), abs=1e-5)
+
+
+def test_dihedral_transforms_distinct_and_invertible():
+    patch = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
+    batch = np.repeat(patch, 8, axis=0)
+    k = np.arange(8)
+    out = vm.dihedral(batch, k)
+    assert len({o.tobytes() for o in out}) == 8
+    np.testing.assert_array_equal(out[1], np.rot90(patch[0]))
+    np.testing.assert_array_equal(out[4], patch[0][:, ::-1])
+    inverse = np.where(k < 4, (4 - k) % 4, k)
+    np.testing.assert_array_equal(vm.dihedral(out, inverse), batch)
+    with pytest.raises(InvalidInputError, match=r"0\.\.7"):
+        vm.dihedral(batch, k + 1)
+
+
+def test_pair_batches_augment_classes_and_dem_together():
+    rng = np.random.default_rng(1)
+    anchor, neighbor = synthetic_pairs(50, rng)
+    arrays = {
+        "anchor": anchor,
+        "neighbor": neighbor,
+        "anchor_dem": anchor.astype(np.float16) * 10,
+        "neighbor_dem": neighbor.astype(np.float16) * 10,
+    }
+    ds = vm.PairBatches(arrays, 16, augment=True, seed=5, use_dem=True)
+    assert len(ds) == 4
+    x, y = ds[3]
+    assert x["anchor"].shape == (2, 16, 16) and x["anchor"].dtype == np.uint8 and y.shape == (2,)
+    x, _ = ds[0]
+    assert x["anchor_dem"].dtype == np.float32
+    np.testing.assert_array_equal(x["anchor_dem"], x["anchor"] * 10.0)
+    np.testing.assert_array_equal(x["neighbor_dem"], x["neighbor"] * 10.0)
+    np.testing.assert_array_equal(ds[0][0]["anchor"], x["anchor"])  # reproducible
+    seen = np.concatenate([ds[i][0]["anchor"] for i in range(len(ds))])
+    assert not np.array_equal(seen, anchor)  # shuffled and transformed
+    val = vm.PairBatches(arrays, 16, augment=False, use_dem=True)
+    np.testing.assert_array_equal(val[0][0]["anchor"], anchor[:16])
+    with pytest.raises(InvalidInputError, match="anchor_dem"):
+        vm.PairBatches({"anchor": anchor, "neighbor": neighbor}, 16, use_dem=True)
+
+
+def test_training_lowers_held_out_loss(data, trained):
+    _, val = data
+    encoder, history, _ = trained
+    untrained = vm.build_encoder(vm.EncoderConfig(**TINY))
+    before = keras_loss(vm.embed(untrained, val["anchor"]), vm.embed(untrained, val["neighbor"]), 0.2)
+    after = keras_loss(vm.embed(encoder, val["anchor"]), vm.embed(encoder, val["neighbor"]), 0.2)
+    assert before > 0.15 and after < 0.85 * before
+    assert history["loss"][-1] < history["loss"][0]
+    diag = history["diagnostics"]
+    assert diag["mean_d_anchor_positive"] < diag["mean_d_anchor_negative"]
+    assert 0 <= diag["active_triplet_fraction"] <= 1 and len(diag["embedding_std"]) == 8
+    assert 1 <= diag["effective_dims"] <= 8 and not diag["collapsed"]
+    json.dumps(history)  # JSON-ready
+
+
+def test_best_weights_restored_and_checkpointed(trained):
+    encoder, history, ckpt = trained
+    assert history["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
+    assert history["best_val_loss"] == min(history["val_loss"])
+    # held-out loss of the returned encoder (same batches as fit's validation) is the best epoch's, not the last's
+    assert history["diagnostics"]["val_loss"] == pytest.approx(history["best_val_loss"], rel=1e-4)
+    assert history["epochs_run"] <= 8 and history["train_pairs_per_s"] > 0
+    vm._lazy()
+    import keras
+
+    best = keras.saving.load_model(ckpt, compile=False)
+    classes = synthetic_pairs(20, np.random.default_rng(9))[0]
+    np.testing.assert_allclose(vm.embed(best, classes), vm.embed(encoder, classes), atol=1e-6)
+
+
+def test_save_load_round_trip(trained, saved):
+    encoder, history, _ = trained
+    model_path, json_path = saved
+    assert (model_path.name, json_path.name) == ("tiny.keras", "tiny.json")
+    assert not [p for p in model_path.parent.iterdir() if p.name.startswith(".")]  # no temporaries left
+    loaded, sidecar = vm.load_model(model_path)
+    assert loaded.vg_config == encoder.vg_config
+    assert sidecar["patch_px"] == 16 and sidecar["embed_dim"] == 8 and sidecar["channels"] == ["classes"]
+    assert sidecar["keras_backend"] == "tensorflow" and sidecar["legend"]["name"] == "tiny"
+    assert sidecar["training"]["best_epoch"] == history["best_epoch"]
+    classes = synthetic_pairs(40, np.random.default_rng(8))[0]
+    for saved_w, loaded_w in zip(encoder.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved_w, loaded_w)
+    # same weights; a freshly traced graph may order float sums differently, hence 1e-6 not 0
+    np.testing.assert_allclose(vm.embed(loaded, classes), vm.embed(encoder, classes), atol=1e-6)
+    vm.save_model(loaded, model_path, sidecar)  # a loaded model can be re-saved (overwrites in place)
+
+
+def test_save_model_validates_sidecar(tmp_path):
+    encoder = vm.build_encoder(vm.EncoderConfig(**TINY))
+    with pytest.raises(InvalidInputError, match="pixel_size_m"):
+        vm.save_model(encoder, tmp_path / "m.keras", {"legend": LEGEND.to_dict()})
+    with pytest.raises(InvalidInputError, match="23 classes but the encoder one-hot encodes 5"):
+        vm.save_model(encoder, tmp_path / "m.keras", {"legend": BUILTIN_LEGENDS["lc100"].to_dict(), "pixel_size_m": 1})
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_errors(saved, tmp_path):
+    with pytest.raises(NotFoundError, match=r"model file .*nope\.keras' does not exist; train one"):
+        vm.load_model(tmp_path / "nope.keras")
+    model_path, _ = saved
+    lone = tmp_path / "lone.keras"
+    lone.write_bytes(model_path.read_bytes())
+    with pytest.raises(InvalidInputError, match=r"sidecar .*lone\.json' is missing"):
+        vm.load_model(lone)
+    (tmp_path / "lone.json").write_text('{"legend": ')
+    with pytest.raises(InvalidInputError, match="malformed"):
+        vm.load_model(lone)
+    (tmp_path / "lone.json").write_text('{"legend": {"classes": []}}')
+    with pytest.raises(InvalidInputError, match=r"malformed.*encoder_config"):
+        vm.load_model(lone)
+    (tmp_path / "lone.json").write_text(saved[1].read_text())
+    lone.write_bytes(b"not a zip")
+    with pytest.raises(InvalidInputError, match=r"not a readable \.keras archive"):
+        vm.load_model(lone)
+
+
+def test_check_compatible_messages():
+    sidecar = {"legend": LEGEND.to_dict(), "patch_px": 16}
+    vm.check_compatible(sidecar, LEGEND, 16)
+    vm.check_compatible(sidecar, LEGEND.to_dict(), 16)
+    with pytest.raises(
+        InvalidInputError, match=r"legend 'tiny' \(codes \[10, 20.*legend 'worldcover' \(codes \[10, 20"
+    ):
+        vm.check_compatible(sidecar, BUILTIN_LEGENDS["worldcover"], 16)
+    with pytest.raises(InvalidInputError, match="expects 16 px patches but inference would extract 32 px"):
+        vm.check_compatible(sidecar, LEGEND, 32)
+
+
+def test_dem_model_normalises_raw_metres_inside():
+    import keras
+
+    config = vm.EncoderConfig(**TINY, use_dem=True, dem_mean_m=1000.0, dem_std_m=200.0)
+    encoder = vm.build_encoder(config)
+    rng = np.random.default_rng(2)
+    classes = synthetic_pairs(6, rng)[0]
+    dem = rng.uniform(500, 1500, (6, 16, 16)).astype(np.float32)
+    dem[0, 0, 0] = np.nan  # a hole becomes the mean (0 after normalisation)
+    norm = keras.Model(encoder.inputs, encoder.get_layer("dem_norm").output)
+    got = keras.ops.convert_to_numpy(norm({"classes": classes, "dem": dem}))[..., 0]
+    np.testing.assert_allclose(got, np.nan_to_num((dem - 1000.0) / 200.0), atol=1e-6)
+    out = vm.embed(encoder, classes, dem)
+    assert out.shape == (6, 8) and np.isfinite(out).all()
+    with pytest.raises(InvalidInputError, match="takes a DEM"):
+        vm.embed(encoder, classes)
+    assert vm.dem_stats([np.array([1.0, np.nan, 3.0]), np.array([[2.0]])]) == pytest.approx((2.0, np.sqrt(2 / 3)))
+    assert vm.dem_stats(np.full(4, 7.0)) == (7.0, 1.0)
+    with pytest.raises(InvalidInputError, match="no finite"):
+        vm.dem_stats(np.full(3, np.nan))
+
+
+_OTHER_BACKEND = textwrap.dedent(
+    """
+    import sys, numpy as np, keras
+    from vectorgeo import model as vm
+    assert keras.backend.backend() == sys.argv[1], keras.backend.backend()
+    for name in sys.argv[2:]:
+        encoder, sidecar = vm.load_model(name + ".keras")
+        inputs = np.load(name + ".npz")
+        out = vm.embed(encoder, inputs["classes"], inputs["dem"] if sidecar["channels"] == ["classes", "dem"] else None)
+        diff = np.abs(out - inputs["expected"]).max()
+        assert diff < 1e-4, (name, diff)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_model_saved_under_tensorflow_runs_under_other_backends(backend, saved, tmp_path):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed in this environment; pip install {backend} to run this check")
+    trained_path, _ = saved
+    rng = np.random.default_rng(4)
+    classes = synthetic_pairs(40, rng)[0]
+    classes[0, :3] = 255  # nodata
+    dem = rng.uniform(0, 3000, classes.shape).astype(np.float32)
+    dem[1, 0, :5] = np.nan
+    dem_model = vm.build_encoder(vm.EncoderConfig(**TINY, use_dem=True, dem_mean_m=1500.0, dem_std_m=800.0))
+    dem_path, _ = vm.save_model(dem_model, tmp_path / "dem", {"legend": LEGEND.to_dict(), "pixel_size_m": 100.0})
+    names = []
+    for path in (trained_path, dem_path):
+        encoder, _ = vm.load_model(path)
+        expected = vm.embed(encoder, classes, dem if encoder.vg_config.use_dem else None)
+        name = str(path.with_suffix(""))
+        np.savez(name + ".npz", classes=classes, dem=dem, expected=expected)
+        names.append(name)
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", _OTHER_BACKEND, backend, *names], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_diagnostics_figure_writes_png(trained, data, tmp_path):
+    encoder, history, _ = trained
+    _, val = data
+    emb = vm.embed(encoder, val["anchor"])
+    labels = np.array([np.bincount(p.ravel(), minlength=N_CLASSES).argmax() for p in val["anchor"]])
+    path = vm.diagnostics_figure(history, emb, labels, list(LEGEND.names), tmp_path / "fig" / "diag.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_train_with_dem(tmp_path):
+    rng = np.random.default_rng(6)
+    anchor, neighbor = synthetic_pairs(96, rng)
+    dem = {k: rng.normal(800, 150, anchor.shape).astype(np.float16) for k in ("anchor_dem", "neighbor_dem")}
+    arrays = {"anchor": anchor, "neighbor": neighbor, **dem}
+    mean_m, std_m = vm.dem_stats(list(dem.values()))
+    config = vm.EncoderConfig(**TINY, use_dem=True, dem_mean_m=mean_m, dem_std_m=std_m)
+    train = {k: v[:64] for k, v in arrays.items()}
+    val = {k: v[64:] for k, v in arrays.items()}
+    encoder, history = vm.train_encoder(train, val, config, epochs=1, batch_size=32)
+    assert history["epochs_run"] == 1 and np.isfinite(history["val_loss"][0])
+    _, sidecar_path = vm.save_model(encoder, tmp_path / "dem.keras", {"legend": LEGEND.to_dict(), "pixel_size_m": 30})
+    sidecar = json.loads(sidecar_path.read_text())
+    assert sidecar["channels"] == ["classes", "dem"]
+    assert sidecar["dem_normalisation"] == {"mean_m": mean_m, "std_m": std_m}
+    with pytest.raises(InvalidInputError, match="anchor_dem"):
+        vm.train_encoder({"anchor": anchor, "neighbor": neighbor}, val, config, epochs=1)

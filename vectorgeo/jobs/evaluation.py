@@ -1,0 +1,85 @@
+"""Flow 05's unit of work: score a model's embeddings on held-out ground."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError
+from vectorgeo.evaluate import evaluate_embeddings, format_report, report_figure
+from vectorgeo.holdout import held_out
+from vectorgeo.inference import read_embeddings
+from vectorgeo.jobs.train import model_name, read_sidecar
+from vectorgeo.raster import extract_patches, open_raster
+from vectorgeo.sources import resolve_legend, resolve_rasters
+
+__all__ = ["report_keys", "evaluate_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def report_keys(name: str, h3_resolution: int) -> dict[str, str]:
+    """Bucket keys of an evaluation report and its figure."""
+    base = f"reports/{name}/res{h3_resolution}/evaluation"
+    return {"report": f"{base}.json", "figure": f"{base}.png"}
+
+
+def evaluate_model(
+    bucket,
+    *,
+    model_filename: str,
+    h3_resolution: int,
+    max_cells: int,
+    k: int,
+    landcover: str,
+    legend: str,
+    synthetic_seed: int,
+    seed: int = 0,
+) -> dict:
+    """Evaluate embeddings of held-out cells against baselines; write JSON and PNG.
+
+    Cells count as held out when their centre lies in ground the model never
+    trained on (the ``holdout`` rule recorded in the model's sidecar).
+
+    Returns:
+        The report (see :func:`vectorgeo.evaluate.evaluate_embeddings`) plus keys.
+
+    Raises:
+        InvalidInputError: no embeddings, or no held-out cells among them.
+    """
+    name = model_name(model_filename)
+    sidecar = read_sidecar(bucket, model_filename)
+    try:
+        manifest = bucket.read_json(f"embeddings/{name}/res{h3_resolution}/manifest.json")
+    except BucketKeyNotFoundError as exc:
+        raise InvalidInputError(
+            f"no embeddings of model {name!r} at resolution {h3_resolution}; run flows/03_inference_flow.py first"
+        ) from exc
+    table = read_embeddings([bucket.download(key) for key in manifest["parts"]])
+    lat, lng = table.column("lat").to_numpy(), table.column("lng").to_numpy()
+    rule = sidecar.get("holdout") or {}
+    chosen = np.flatnonzero(held_out(lat, lng, **rule)) if rule else np.arange(lat.size)
+    if chosen.size < 2 * k + 2:
+        raise InvalidInputError(
+            f"only {chosen.size} embedded cells lie on held-out ground; evaluation needs at least {2 * k + 2}: "
+            "use a finer --h3_resolution or a larger area"
+        )
+    rng = np.random.default_rng(seed)
+    if chosen.size > max_cells:
+        chosen = np.sort(rng.choice(chosen, max_cells, replace=False))
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(lat.size, -1)[chosen]
+    legend_obj = resolve_legend(bucket, legend)
+    rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
+    with open_raster(rasters.landcover) as dataset:
+        patches = extract_patches(dataset, lat[chosen], lng[chosen], legend_obj, patch_px=int(sidecar["patch_px"]))
+    report = evaluate_embeddings(vectors, patches.classes, legend_obj.n_classes, k=k, seed=seed)
+    report.update(model=name, h3_resolution=h3_resolution, held_out_rule=rule or None)
+    keys = report_keys(name, h3_resolution)
+    with tempfile.TemporaryDirectory(prefix="vg-eval-") as tmp:
+        bucket.upload(report_figure(report, Path(tmp) / "evaluation.png"), keys["figure"])
+    bucket.write_json(keys["report"], report)
+    logger.info("evaluation of %s on %d held-out cells:\n%s", name, chosen.size, format_report(report))
+    return {**report, **keys}
