@@ -1,4 +1,4 @@
-"""Flows 00 and 01 end to end through the real Metaflow CLI.
+"""Flows 00 -> 01 -> 02 -> 03 -> 05 end to end through the real Metaflow CLI.
 
 Each step gets its own cache directory (VG_CACHE_DIR holds "{step}"), so a
 step that secretly read another step's local files would fail here. USER and
@@ -26,6 +26,9 @@ pytestmark = pytest.mark.flows
 
 FLOW_00 = str(REPO_ROOT / "flows" / "00_h3_stencil_flow.py")
 FLOW_01 = str(REPO_ROOT / "flows" / "01_preprocess_flow.py")
+FLOW_02 = str(REPO_ROOT / "flows" / "02_train_flow.py")
+FLOW_03 = str(REPO_ROOT / "flows" / "03_inference_flow.py")
+FLOW_05 = str(REPO_ROOT / "flows" / "05_evaluate_flow.py")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def _run(workdir, flow, *args, bucket=None, env_extra=None):
     )
 
 
-def test_stencil_then_pairs_on_the_synthetic_default(workdir):
+def test_pipeline_00_to_05_on_the_synthetic_default(workdir):
     done = _run(workdir, FLOW_00, "--h3_resolution=6")
     assert done.returncode == 0, done.stderr[-3000:]
     bucket = workdir / "bucket"
@@ -76,6 +79,34 @@ def test_stencil_then_pairs_on_the_synthetic_default(workdir):
     caches = sorted(p.name for p in (workdir / "cache").iterdir())
     assert {"start", "sample"} <= set(caches)  # every step downloaded its own inputs
 
+    tiny = ["--num_filters=4", "--n_conv_blocks=1", "--batch_size=16", "--embed_dim=8"]
+    done = _run(workdir, FLOW_02, "--epochs=2", "--model_filename=tiny.keras", *tiny)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sidecar = json.loads((bucket / "models" / "tiny.json").read_text())
+    assert sidecar["patch_px"] == 16 and sidecar["embed_dim"] == 8 and sidecar["legend"]["name"] == "lc100"
+    assert (bucket / "models" / "tiny.keras").is_file() and (bucket / "models" / "tiny.png").is_file()
+
+    args = ["--model_filename=tiny.keras", "--h3_resolution=6", "--chunk_size=150", "--n_workers=2"]
+    done = _run(workdir, FLOW_03, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((bucket / "embeddings" / "tiny" / "res6" / "manifest.json").read_text())
+    assert manifest["n_embedded"] + manifest["n_invalid"] == stencil.num_rows
+    table = pq.read_table(bucket / "embeddings" / "tiny" / "res6")
+    assert table.num_rows == manifest["n_embedded"] == len(set(table.column("h3").to_pylist()))
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(-1, 8)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+    done = _run(workdir, FLOW_03, *args)  # a rerun reuses every part
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((bucket / "embeddings" / "tiny" / "res6" / "manifest.json").read_text())
+    assert again["n_parts_skipped"] == again["n_parts"] == manifest["n_parts"]
+
+    done = _run(workdir, FLOW_05, "--model_filename=tiny.keras", "--h3_resolution=6", "--k=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((bucket / "reports" / "tiny" / "res6" / "evaluation.json").read_text())
+    assert set(report["methods"]) == {"encoder", "random", "pca_onehot", "histogram"}
+    assert "retrieval JSD" in done.stdout + done.stderr
+
 
 def test_seed_style_commands(workdir, tmp_path):
     bucket = tmp_path / "seed-bucket"
@@ -84,6 +115,10 @@ def test_seed_style_commands(workdir, tmp_path):
     done = _run(workdir, FLOW_01, "--n_files=2", "--n_jobs=3", "--samples_per_file=4", bucket=bucket)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((bucket / "train" / "default" / "manifest.json").read_text())["n_pairs"] == 8
+    # a handful of pairs (one held-out pair) still trains, saves and draws its diagnostics
+    done = _run(workdir, FLOW_02, "--epochs=1", "--n_train_files=2", "--model_filename=test.keras", bucket=bucket)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (bucket / "models" / "test.png").is_file()
 
 
 def _assert_clean_failure(done, bucket, message):
@@ -193,3 +228,22 @@ def test_flow_01_bad_input_fails_once_in_start(workdir, args, message):
     out = done.stdout + done.stderr
     assert done.returncode != 0 and message in out and "Traceback" not in out
     assert "/sample/" not in out  # stopped in start: no worker (and no retry) ran
+
+
+@pytest.mark.parametrize(
+    ("flow", "args", "message"),
+    [
+        (FLOW_03, ["--model_filename=nope.keras", "--h3_resolution=6"], "'models/nope.keras'"),
+        (FLOW_03, ["--model_filename=tiny.keras", "--h3_resolution=6", "--legend=worldcover"], "trained on legend"),
+        (FLOW_03, ["--model_filename=tiny.keras", "--h3_resolution=9"], "no stencil at resolution 9"),
+        (FLOW_02, ["--train_set=nothing", "--model_filename=x.keras"], "no training set 'nothing'"),
+        (FLOW_05, ["--model_filename=nope.keras"], "'models/nope.keras'"),
+    ],
+)
+def test_bad_input_to_later_flows(workdir, flow, args, message):
+    """Runs after the pipeline test (same bucket): each stops with one line, and writes nothing new."""
+    before = sorted(str(p) for p in (workdir / "bucket").rglob("*"))
+    done = _run(workdir, flow, *args)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and message in out and "Traceback" not in out
+    assert sorted(str(p) for p in (workdir / "bucket").rglob("*")) == before

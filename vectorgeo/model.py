@@ -417,9 +417,14 @@ def dem_stats(arrays: np.ndarray | Sequence[np.ndarray]) -> tuple[float, float]:
     return float(mean), std if std > 1e-6 else 1.0
 
 
-def _participation_ratio(embeddings: np.ndarray) -> float:
-    """Effective number of used dimensions, ``(sum l)^2 / sum l^2`` over covariance eigenvalues: 1 (collapsed) .. D."""
+def _participation_ratio(embeddings: np.ndarray) -> float | None:
+    """Effective number of used dimensions, ``(sum l)^2 / sum l^2`` over covariance eigenvalues: 1 (collapsed) .. D.
+
+    None when undefined (fewer than two embeddings: a smoke-test run).
+    """
     d = embeddings.shape[1]
+    if embeddings.shape[0] < 2:
+        return None
     eig = np.clip(np.linalg.eigvalsh(np.atleast_2d(np.cov(embeddings, rowvar=False)).reshape(d, d)), 0, None)
     return float(eig.sum() ** 2 / max(float(np.square(eig).sum()), 1e-30))
 
@@ -443,7 +448,7 @@ def _held_out_diagnostics(encoder, val: dict, config: EncoderConfig, batch_size:
         "embedding_std": [float(s) for s in std],
         "n_inactive_dims": int((std < 0.01).sum()),
         "effective_dims": effective,
-        "collapsed": bool(effective < 2.0),
+        "collapsed": None if effective is None else bool(effective < 2.0),
     }
 
 
@@ -756,7 +761,8 @@ def diagnostics_figure(
     ax = axes[1]
     centred = emb - emb.mean(axis=0)
     _, sing, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T
+    xy = np.zeros((len(emb), 2))
+    xy[:, : min(2, len(vt))] = centred @ vt[:2].T  # a single held-out pair has one component
     share = sing[:2] ** 2 / max(float((sing**2).sum()), 1e-30)
     present, counts = np.unique(labels, return_counts=True)
     shown = present[np.argsort(-counts)][:10]  # the 10 commonest classes get colours; the rest are grey
@@ -773,8 +779,10 @@ def diagnostics_figure(
     std = emb.std(axis=0)
     ax.bar(np.arange(len(std)), std, color=np.where(std < 0.01, "tab:red", "tab:blue"))
     effective = _participation_ratio(emb)
-    title = f"Per-dimension std (red: inactive)\neffective dims {effective:.1f} of {len(std)}"
-    ax.set(title=title + (" - COLLAPSED" if effective < 2 else ""), xlabel="embedding dimension", ylabel="std")
+    shown = "n/a" if effective is None else f"{effective:.1f}"
+    title = f"Per-dimension std (red: inactive)\neffective dims {shown} of {len(std)}"
+    collapsed = effective is not None and effective < 2
+    ax.set(title=title + (" - COLLAPSED" if collapsed else ""), xlabel="embedding dimension", ylabel="std")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
