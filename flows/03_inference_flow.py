@@ -61,6 +61,8 @@ class InferenceFlow(VectorGeoFlow):
                 n_workers=self.n_workers,
                 max_iters=self.max_iters,
                 legend=self.legend,
+                landcover=self.landcover,
+                synthetic_seed=self.synthetic_seed,
             )
         self.n_parts = sum(len(w) for w in self.workers)
         self.next(self.infer, foreach="workers")

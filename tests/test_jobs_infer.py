@@ -10,6 +10,7 @@ from vectorgeo.jobs.infer import finish_inference, part_key, plan_inference, run
 from vectorgeo.jobs.stencil import make_stencil
 from vectorgeo.legends import get_legend
 from vectorgeo.model import EncoderConfig, build_encoder, save_model
+from vectorgeo.stencil import build_stencil, parse_aoi, write_stencil
 from vectorgeo.transfer import Bucket
 
 LC = get_legend("lc100")
@@ -38,7 +39,7 @@ def setup(tmp_path, write_raster):
 
 def _plan(bucket, settings, model="m.keras", **over):
     options = {"model_filename": model, "h3_resolution": 8, "chunk_size": 150, "n_workers": 1, "max_iters": 0}
-    return plan_inference(bucket, legend="lc100", **{**options, **over})
+    return plan_inference(bucket, legend="lc100", landcover=settings["landcover"], **{**options, **over})
 
 
 def _run(bucket, settings, parts, model="m.keras"):
@@ -138,3 +139,18 @@ def test_finish_notices_a_lost_part(setup):
     bucket.delete(part_key("m", 8, 1))
     with pytest.raises(IncompleteOutputError, match="1 of 2 embedding parts are missing"):
         finish_inference(bucket, [result], model_filename="m.keras", h3_resolution=8, n_parts=2)
+
+
+def test_plan_refuses_a_raster_of_another_resolution(setup, write_raster):
+    bucket, settings = setup
+    fine = write_raster(np.full((400, 400), 40, dtype=np.uint8), pixel=1 / 12000)  # ~8 m pixels
+    with pytest.raises(InvalidInputError, match=r"trained on 98\.0 m pixels .* this raster has [789]\.\d m pixels"):
+        _plan(bucket, {**settings, "landcover": str(fine)})
+
+
+def test_plan_refuses_an_empty_stencil(setup, tmp_path):
+    bucket, settings = setup
+    empty = build_stencil(5, aoi=parse_aoi("-140,0,-139,1"), progress=False)  # open Pacific
+    bucket.upload(write_stencil(empty, tmp_path / "empty.parquet"), "stencil/res5.parquet")
+    with pytest.raises(InvalidInputError, match="stencil at resolution 5 holds no cell"):
+        _plan(bucket, settings, h3_resolution=5)

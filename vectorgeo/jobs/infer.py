@@ -14,7 +14,7 @@ from vectorgeo.errors import IncompleteOutputError, InvalidInputError
 from vectorgeo.inference import assign_parts, embed_cells, embeddings_table, plan_parts, read_part_metadata, write_part
 from vectorgeo.jobs.stencil import stencil_key
 from vectorgeo.jobs.train import model_keys, model_name, read_sidecar
-from vectorgeo.raster import open_raster
+from vectorgeo.raster import open_raster, pixel_size_m
 from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.stencil import check_resolution
 
@@ -40,6 +40,18 @@ def _stencil(bucket, h3_resolution: int) -> Path:
     return bucket.download(key)
 
 
+def _check_pixel_size(sidecar: dict, raster_pixel_m: float, tolerance: float = 0.25) -> None:
+    """A model sees patches of a fixed ground size; refuse a raster whose pixels change it."""
+    trained_m = float(sidecar["pixel_size_m"])
+    if abs(raster_pixel_m - trained_m) > tolerance * trained_m:
+        px = int(sidecar["patch_px"])
+        raise InvalidInputError(
+            f"the model was trained on {trained_m:.1f} m pixels ({px} px = {px * trained_m / 1000:.2f} km patches) "
+            f"but this raster has {raster_pixel_m:.1f} m pixels ({px * raster_pixel_m / 1000:.2f} km patches); "
+            "use a model trained on a raster of this resolution"
+        )
+
+
 def plan_inference(
     bucket,
     *,
@@ -49,15 +61,17 @@ def plan_inference(
     n_workers: int,
     max_iters: int,
     legend: str,
+    landcover: str = "",
+    synthetic_seed: int = 0,
 ) -> list[list[dict]]:
-    """Check model, legend and stencil once; split the stencil into parts per worker.
+    """Check model, legend, pixel size and stencil once; split the stencil into parts per worker.
 
     Returns:
         One list of part specs (``part``, ``start``, ``stop``) per worker.
 
     Raises:
         NotFoundError: the model is not in the bucket.
-        InvalidInputError: empty stencil, mismatched legend or patch size, bad sizes.
+        InvalidInputError: empty stencil, mismatched legend or ground patch size, bad sizes.
     """
     from vectorgeo.model import check_compatible
 
@@ -69,6 +83,9 @@ def plan_inference(
         )
     sidecar = read_sidecar(bucket, model_filename)
     check_compatible(sidecar, resolve_legend(bucket, legend), int(sidecar["patch_px"]))
+    rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
+    with open_raster(rasters.landcover) as dataset:
+        _check_pixel_size(sidecar, pixel_size_m(dataset))
     n_cells = pq.read_metadata(_stencil(bucket, h3_resolution)).num_rows
     if n_cells == 0:
         raise InvalidInputError(f"the stencil at resolution {h3_resolution} holds no cell: nothing to embed")
