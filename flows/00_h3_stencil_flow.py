@@ -7,13 +7,13 @@ writes ``stencil/res{R}.parquet`` to the bucket.
 from metaflow import Parameter, card, current, step
 
 import constants
-from flow_support import VectorGeoFlow, user_errors
+from flow_support import RasterFlow, user_errors
 from vectorgeo.cards import stencil_card
 from vectorgeo.jobs.stencil import make_stencil
 from vectorgeo.stencil import parse_aoi
 
 
-class H3StencilFlow(VectorGeoFlow):
+class H3StencilFlow(RasterFlow):
     """H3 cells whose centres are land, by the global land mask and the raster."""
 
     h3_resolution = Parameter("h3_resolution", help="H3 resolution, 0..15", type=int, default=constants.H3_RESOLUTION)
@@ -23,13 +23,6 @@ class H3StencilFlow(VectorGeoFlow):
         "(local runs only); empty = the raster's footprint",
         type=str,
         default="",
-    )
-    landcover = Parameter(
-        "landcover", help="Land-cover raster: local path or bucket key; empty = synthetic", default=constants.LANDCOVER
-    )
-    legend = Parameter("legend", help="Legend: lc100, worldcover, or a .csv/.json file", default=constants.LEGEND)
-    synthetic_seed = Parameter(
-        "synthetic_seed", help="Seed of the synthetic raster", type=int, default=constants.SYNTHETIC_SEED
     )
 
     @card(type="blank")

@@ -7,12 +7,12 @@ plus ``train/{train_set}/manifest.json`` to the bucket.
 from metaflow import Parameter, card, current, resources, retry, step
 
 import constants
-from flow_support import VectorGeoFlow, user_errors
+from flow_support import RasterFlow, user_errors
 from vectorgeo.cards import pairs_card
 from vectorgeo.jobs.pairs import finish_pair_shards, make_pair_shards, plan_pair_shards
 
 
-class PreprocessFlow(VectorGeoFlow):
+class PreprocessFlow(RasterFlow):
     """Sample patch pairs from the land-cover raster into training shards."""
 
     n_files = Parameter("n_files", help="Number of shards to write", type=int, default=8)
@@ -30,18 +30,11 @@ class PreprocessFlow(VectorGeoFlow):
     )
     train_set = Parameter("train_set", help="Name of the shard set under train/", default=constants.TRAIN_SET)
     seed = Parameter("seed", help="Sampling seed (shard i uses [seed, i])", type=int, default=0)
-    landcover = Parameter(
-        "landcover", help="Land-cover raster: local path or bucket key; empty = synthetic", default=constants.LANDCOVER
-    )
     dem = Parameter(
         "dem",
         help="DEM resampled onto each patch: local path or bucket key; empty = the synthetic DEM with the "
         "synthetic land cover, none otherwise",
         default=constants.DEM,
-    )
-    legend = Parameter("legend", help="Legend: lc100, worldcover, or a .csv/.json file", default=constants.LEGEND)
-    synthetic_seed = Parameter(
-        "synthetic_seed", help="Seed of the synthetic raster", type=int, default=constants.SYNTHETIC_SEED
     )
 
     def _settings(self) -> dict:

@@ -7,12 +7,12 @@ writes ``embeddings/{name}/res{R}/part-{i}.parquet`` and a manifest.
 from metaflow import Parameter, card, current, resources, retry, step
 
 import constants
-from flow_support import VectorGeoFlow, user_errors
+from flow_support import RasterFlow, user_errors
 from vectorgeo.cards import inference_card
 from vectorgeo.jobs.infer import finish_inference, plan_inference, run_inference
 
 
-class InferenceFlow(VectorGeoFlow):
+class InferenceFlow(RasterFlow):
     """Chunked, batched inference; parts already written by the same model are skipped."""
 
     model_filename = Parameter("model_filename", help="Model file name under models/", default=constants.MODEL_FILENAME)
@@ -34,17 +34,10 @@ class InferenceFlow(VectorGeoFlow):
         default="",
     )
     wipe_qdrant = Parameter("wipe_qdrant", help="NOT BUILT YET: accepted now, ignored", type=bool, default=False)
-    landcover = Parameter(
-        "landcover", help="Land-cover raster: local path or bucket key; empty = synthetic", default=constants.LANDCOVER
-    )
     dem = Parameter(
         "dem",
         help="DEM: local path or bucket key; empty = synthetic DEM with synthetic land cover",
         default=constants.DEM,
-    )
-    legend = Parameter("legend", help="Legend: lc100, worldcover, or a .csv/.json file", default=constants.LEGEND)
-    synthetic_seed = Parameter(
-        "synthetic_seed", help="Seed of the synthetic raster", type=int, default=constants.SYNTHETIC_SEED
     )
 
     @step

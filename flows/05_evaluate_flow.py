@@ -8,13 +8,13 @@ embeddings and the land-cover raster; writes
 from metaflow import Parameter, card, current, step
 
 import constants
-from flow_support import VectorGeoFlow, user_errors
+from flow_support import RasterFlow, user_errors
 from vectorgeo.cards import evaluation_card
 from vectorgeo.evaluate import format_report
 from vectorgeo.jobs.evaluation import evaluate_model
 
 
-class EvaluateFlow(VectorGeoFlow):
+class EvaluateFlow(RasterFlow):
     """kNN retrieval (Jensen-Shannon) and linear probes vs random, PCA and histogram baselines."""
 
     model_filename = Parameter("model_filename", help="Model file name under models/", default=constants.MODEL_FILENAME)
@@ -23,13 +23,6 @@ class EvaluateFlow(VectorGeoFlow):
     )
     max_cells = Parameter("max_cells", help="Most held-out cells to score", type=int, default=5000)
     k = Parameter("k", help="Neighbours per retrieval query", type=int, default=10)
-    landcover = Parameter(
-        "landcover", help="Land-cover raster: local path or bucket key; empty = synthetic", default=constants.LANDCOVER
-    )
-    legend = Parameter("legend", help="Legend: lc100, worldcover, or a .csv/.json file", default=constants.LEGEND)
-    synthetic_seed = Parameter(
-        "synthetic_seed", help="Seed of the synthetic raster", type=int, default=constants.SYNTHETIC_SEED
-    )
     seed = Parameter("seed", help="Seed of the baselines and the probe split", type=int, default=0)
 
     @card(type="blank")

@@ -62,6 +62,20 @@ class VectorGeoFlow(FlowSpec):
         return Bucket(self.bucket, cache_dir, endpoint_url=self.s3_endpoint_url or None, region=constants.AWS_REGION)
 
 
+class RasterFlow(VectorGeoFlow):
+    """Base of the flows that read the land-cover raster: its settings, as Parameters."""
+
+    landcover = Parameter(
+        "landcover", help="Land-cover raster: local path or bucket key; empty = synthetic", default=constants.LANDCOVER
+    )
+    legend = Parameter(
+        "legend", help="Legend: lc100, worldcover, or a .csv/.json file (path or bucket key)", default=constants.LEGEND
+    )
+    synthetic_seed = Parameter(
+        "synthetic_seed", help="Seed of the synthetic raster", type=int, default=constants.SYNTHETIC_SEED
+    )
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Report bad input (any VectorGeoError) as one clear line and fail the step."""
