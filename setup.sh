@@ -30,7 +30,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] || [ "${1:-}" = "--for
   .venv/bin/python - <<'PY'
 import importlib
 mods = ["metaflow", "numpy", "scipy", "pyarrow", "rasterio", "h3", "h3ronpy", "shapely", "global_land_mask",
-        "tensorflow", "keras", "boto3", "qdrant_client", "qdrant_edge", "psycopg2", "pgvector", "faiss",
+        "tensorflow", "keras", "jax", "boto3", "qdrant_client", "qdrant_edge", "psycopg", "psycopg2", "pgvector", "faiss",
         "tqdm", "matplotlib", "pytest", "moto"]
 for name in mods:
     importlib.import_module(name)

@@ -49,3 +49,11 @@ class RasterAccessError(VectorGeoError, OSError):
 
 class IncompleteOutputError(VectorGeoError, RuntimeError):
     """A step's outputs are missing from the bucket (a worker lost its work); rerun the flow."""
+
+
+class ServerStartError(VectorGeoError, RuntimeError):
+    """An embedded server (PostgreSQL) could not be initialised or started; the message quotes its log."""
+
+
+class NotConfirmedError(VectorGeoError, PermissionError):
+    """A destructive action (wiping a table) was not confirmed."""

@@ -1,0 +1,102 @@
+"""The same calls against every store adapter, through the factory: the answers must agree.
+
+Real engines only: Qdrant Edge (embedded), an embedded PostgreSQL with
+pgvector, FAISS files, and qdrant-client's in-process mode.
+"""
+
+import numpy as np
+import pytest
+
+from vectorgeo.errors import InvalidInputError, NotFoundError
+from vectorgeo.stores import GeoFilter, VectorStore, open_store
+
+N, DIM = 3000, 16
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(12, DIM))
+    vectors = centres[rng.integers(0, 12, N)] + 0.35 * rng.normal(size=(N, DIM))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    lat, lng = rng.uniform(36, 60, N), rng.uniform(-10, 30, N)
+    h3 = np.sort(rng.choice(2**62, N, replace=False).astype(np.uint64) + np.uint64(2**59))
+    queries = vectors[rng.choice(N, 8, replace=False)] + 0.05 * rng.normal(size=(8, DIM)).astype(np.float32)
+    return h3, lat, lng, vectors, queries
+
+
+@pytest.fixture(scope="module", params=["qdrant-edge", "qdrant-client", "pgvector", "faiss"])
+def store(request, data, tmp_path_factory):
+    kind, options = request.param.split("-")[0], {}
+    if request.param == "qdrant-client":
+        options["qdrant_url"] = ":memory:"
+    s = open_store(kind, "congruence", data_dir=tmp_path_factory.mktemp(request.param), **options)
+    h3, lat, lng, vectors, _ = data
+    s.create(DIM, wipe=True)
+    s.upsert(h3[:1500], lat[:1500], lng[:1500], vectors[:1500])
+    s.upsert(h3[1500:], lat[1500:], lng[1500:], vectors[1500:])
+    s.upsert(h3[:10], lat[:10], lng[:10], vectors[:10])  # reloading is idempotent
+    s.finish_load()
+    yield s
+    s.close()
+
+
+def _brute_force(data, query, k, geo=None, exclude=()):
+    h3, lat, lng, vectors, _ = data
+    q = query / np.linalg.norm(query)
+    scores = vectors @ q
+    ok = np.ones(len(h3), bool) if geo is None else geo.contains(lat, lng)
+    ok &= ~np.isin(h3, np.array(exclude, dtype=np.uint64))
+    idx = np.flatnonzero(ok)
+    order = idx[np.argsort(-scores[idx], kind="stable")][:k]
+    return [int(h) for h in h3[order]], scores[order]
+
+
+def test_is_a_vector_store_and_counts(store):
+    assert isinstance(store, VectorStore)
+    assert store.count() == N
+
+
+@pytest.mark.parametrize(
+    "geo",
+    [
+        None,
+        GeoFilter(lat=48.0, lng=10.0, radius_km=400.0),
+        GeoFilter(lat=40.0, lng=0.0, radius_km=1500.0),
+        GeoFilter(bbox=(0.0, 45.0, 12.0, 52.0)),
+    ],
+    ids=["none", "radius-400km", "radius-1500km", "bbox"],
+)
+def test_same_answers_as_brute_force(store, data, geo):
+    for query in data[4]:
+        expected, scores = _brute_force(data, query, 10, geo)
+        got = store.search(query, 10, geo=geo)
+        assert [m.h3 for m in got] == expected
+        np.testing.assert_allclose([m.score for m in got], scores, atol=1e-4)
+        if geo is not None:
+            assert geo.contains(np.array([m.lat for m in got]), np.array([m.lng for m in got])).all()
+
+
+def test_exclude_and_fetch(store, data):
+    h3, lat, lng, vectors, queries = data
+    top, _ = _brute_force(data, queries[0], 3)
+    got = store.search(queries[0], 5, exclude=tuple(top))
+    assert not set(top) & {m.h3 for m in got}
+    assert [m.h3 for m in got] == _brute_force(data, queries[0], 5, exclude=tuple(top))[0]
+    vec, la, ln = store.fetch(int(h3[7]))
+    np.testing.assert_allclose(vec, vectors[7], atol=1e-6)
+    assert (la, ln) == pytest.approx((lat[7], lng[7]))
+    with pytest.raises(NotFoundError):
+        store.fetch(12345)
+
+
+def test_scores_are_comparable_across_stores(store, data):
+    """Cosine similarity on every store: the top match of a stored vector is itself, score 1."""
+    h3, _, _, vectors, _ = data
+    best = store.search(vectors[42], 1)[0]
+    assert best.h3 == int(h3[42]) and best.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unknown_store():
+    with pytest.raises(InvalidInputError, match="unknown store 'milvus'"):
+        open_store("milvus", "x", data_dir="/tmp")

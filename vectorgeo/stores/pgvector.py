@@ -1,0 +1,566 @@
+"""PostgreSQL + pgvector store: binary COPY upserts, HNSW cosine search, geo filters without PostGIS.
+
+One table per collection::
+
+    h3 bigint primary key        -- the uint64 H3 id, bit-cast to int64
+    lat, lng double precision    -- cell centre, degrees (EPSG:4326)
+    embedding vector(dim)        -- float32 unit vector
+
+Geographic filters choose their plan by how many rows the region holds (a
+capped count on the ``(lat, lng)`` btree): a small region is searched
+exactly over the geo-prefiltered rows; a large one through the HNSW index
+with pgvector's iterative scan, falling back to exact search if that
+returns fewer than ``k`` rows. pgvector's HNSW applies a ``WHERE`` after the
+graph search, so without this a selective filter returns far fewer than
+``k`` rows.
+
+The connection never uses server-side prepared statements
+(``prepare_threshold=None``), so every query is planned with its real
+parameters rather than a generic plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vectorgeo.errors import InvalidInputError, NotConfirmedError, NotFoundError, VectorGeoError
+from vectorgeo.geodesy import EARTH_RADIUS_M
+from vectorgeo.stores.base import GeoFilter, Match
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["EmbeddedPgVectorStore", "NotConfirmedError", "PgVectorStore", "copy_binary_rows", "setup_table"]
+
+logger = logging.getLogger(__name__)
+
+_TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+_PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
+_COPY_CHUNK_BYTES = 8 << 20
+_BBOX_MARGIN_DEG = 1e-6  # the radius prefilter box is padded; the exact haversine decides
+
+
+def _check_table(table: str) -> str:
+    if not isinstance(table, str) or not _TABLE_RE.match(table):
+        raise InvalidInputError(
+            f"table name must be lowercase letters, digits and underscores (at most 48, not starting with a digit), "
+            f"got {table!r}"
+        )
+    return table
+
+
+def _to_int64(h3: np.ndarray) -> np.ndarray:
+    """uint64 H3 ids bit-cast to int64 (PostgreSQL has no unsigned bigint)."""
+    return np.ascontiguousarray(np.asarray(h3, dtype=np.uint64)).view(np.int64)
+
+
+def _to_uint64(ids: Any) -> np.ndarray:
+    return np.asarray(ids, dtype=np.int64).view(np.uint64)
+
+
+def _vector_literal(vector: np.ndarray) -> str:
+    """pgvector text form; float32 -> float64 -> shortest repr parses back to the same float32."""
+    return "[" + ",".join(map(repr, vector.astype(np.float64).tolist())) + "]"
+
+
+def copy_binary_rows(h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: np.ndarray) -> bytes:
+    """A complete PostgreSQL binary COPY stream for ``(h3 int8, lat float8, lng float8, embedding vector)``.
+
+    Built with one structured numpy array (no per-row Python), big-endian as
+    the format requires. The pgvector binary form is ``int16 dim, int16 0,
+    dim float32``.
+
+    Args:
+        h3: Cell ids, uint64 (stored bit-cast to int64), shape ``(n,)``.
+        lat: Latitudes, degrees, shape ``(n,)``.
+        lng: Longitudes, degrees, shape ``(n,)``.
+        vectors: float32 vectors, shape ``(n, dim)``.
+
+    Returns:
+        Header, ``n`` tuples and trailer, as bytes.
+    """
+    n, dim = vectors.shape
+    row = np.dtype(
+        [
+            ("nfields", ">i2"),
+            ("len_h3", ">i4"),
+            ("h3", ">i8"),
+            ("len_lat", ">i4"),
+            ("lat", ">f8"),
+            ("len_lng", ">i4"),
+            ("lng", ">f8"),
+            ("len_vec", ">i4"),
+            ("dim", ">i2"),
+            ("unused", ">i2"),
+            ("vec", ">f4", (dim,)),
+        ]
+    )
+    rows = np.empty(n, dtype=row)
+    rows["nfields"] = 4
+    rows["len_h3"] = 8
+    rows["h3"] = _to_int64(h3)
+    rows["len_lat"] = 8
+    rows["lat"] = lat
+    rows["len_lng"] = 8
+    rows["lng"] = lng
+    rows["len_vec"] = 4 + 4 * dim
+    rows["dim"] = dim
+    rows["unused"] = 0
+    rows["vec"] = vectors
+    return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
+
+
+def _radius_bbox(lat: float, lng: float, radius_km: float) -> tuple[float, float, float, float]:
+    """A (west, south, east, north) box holding the spherical cap; west > east when it crosses 180."""
+    delta = radius_km * 1000.0 / EARTH_RADIUS_M
+    delta_deg = math.degrees(delta) + _BBOX_MARGIN_DEG
+    south, north = lat - delta_deg, lat + delta_deg
+    if south <= -90 or north >= 90:
+        return -180.0, max(south, -90.0), 180.0, min(north, 90.0)
+    ratio = math.sin(delta) / math.cos(math.radians(lat))
+    if ratio >= 1:
+        return -180.0, south, 180.0, north
+    half = math.degrees(math.asin(ratio)) + _BBOX_MARGIN_DEG
+    if half >= 180:
+        return -180.0, south, 180.0, north
+    west, east = lng - half, lng + half
+    if west < -180:
+        west += 360.0
+    if east > 180:
+        east -= 360.0
+    return west, south, east, north
+
+
+class PgVectorStore:
+    """A :class:`~vectorgeo.stores.base.VectorStore` on PostgreSQL with pgvector (≥ 0.8).
+
+    Args:
+        url: libpq connection URL (``DATABASE_URL``, or ``EmbeddedPostgres.url``).
+        table: Table name (lowercase identifier).
+        maintenance_work_mem: Memory for the HNSW build in :meth:`finish_load` (PostgreSQL units).
+        hnsw_m: HNSW graph degree.
+        hnsw_ef_construction: HNSW build candidate list size.
+        exact_max_rows: Regions holding fewer rows than this are searched exactly.
+        max_scan_tuples: Cap on tuples an iterative HNSW scan visits before giving up (then exact).
+
+    Raises:
+        VectorGeoError: The server cannot be reached (the message names the host).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        table: str = "vectorgeo",
+        *,
+        maintenance_work_mem: str = "256MB",
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 64,
+        exact_max_rows: int = 20_000,
+        max_scan_tuples: int = 20_000,
+    ) -> None:
+        import psycopg
+
+        self.table = _check_table(table)
+        self.maintenance_work_mem = maintenance_work_mem
+        self.hnsw_m = int(hnsw_m)
+        self.hnsw_ef_construction = int(hnsw_ef_construction)
+        self.exact_max_rows = int(exact_max_rows)
+        self.max_scan_tuples = int(max_scan_tuples)
+        try:
+            self._conn: psycopg.Connection = psycopg.connect(url, autocommit=True, prepare_threshold=None)
+        except psycopg.OperationalError as err:
+            host = url.split("@")[-1].split("?")[0]  # never log credentials
+            raise VectorGeoError(
+                f"cannot connect to PostgreSQL at {host}: {err}; check DATABASE_URL or start the embedded server"
+            ) from err
+        self._dim: int | None = None
+        self.last_plan: str | None = None  # "hnsw", "hnsw+exact" or "exact": the path the last search took
+
+    # ------------------------------------------------------------- identifiers
+
+    def _ident(self, suffix: str = "") -> Any:
+        from psycopg import sql
+
+        return sql.Identifier(self.table + suffix)
+
+    # ------------------------------------------------------------------ schema
+
+    def _table_dim(self) -> int | None:
+        """The table's vector dimension, or None when the table does not exist."""
+        row = self._conn.execute(
+            "SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding'",
+            [self.table],
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _require_dim(self) -> int:
+        if self._dim is None:
+            self._dim = self._table_dim()
+            if self._dim is None:
+                raise NotFoundError(f"table {self.table!r} does not exist; call create(dim) or run setup_table first")
+        return self._dim
+
+    def create(self, dim: int, *, wipe: bool = False) -> None:
+        """Create the table for ``dim``-long vectors (and the ``vector`` extension); ``wipe`` drops it first.
+
+        Raises:
+            InvalidInputError: The table exists with another dimension and ``wipe`` is False.
+        """
+        from psycopg import sql
+
+        if not (isinstance(dim, int | np.integer) and 0 < int(dim) <= 16_000):
+            raise InvalidInputError(f"dim must be an integer in 1..16000, got {dim!r}")
+        dim = int(dim)
+        with self._conn.transaction():
+            self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            if wipe:
+                logger.warning("dropping table %s", self.table)
+                self._conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident()))
+            existing = self._table_dim()
+            if existing is not None and existing != dim:
+                raise InvalidInputError(
+                    f"table {self.table!r} holds {existing}-dimensional vectors, not {dim}; "
+                    "use another table or recreate it with wipe=True"
+                )
+            self._conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (h3 bigint PRIMARY KEY, lat double precision NOT NULL, "
+                    "lng double precision NOT NULL, embedding vector({}) NOT NULL)"
+                ).format(self._ident(), sql.Literal(dim))
+            )
+        self._dim = dim
+
+    # -------------------------------------------------------------------- load
+
+    def upsert(self, h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: np.ndarray) -> int:
+        """Insert or replace rows keyed by H3 id, through a binary COPY into a staging table.
+
+        Args:
+            h3: uint64 cell ids, shape ``(n,)``; a repeated id keeps its last row.
+            lat: Latitudes, degrees, shape ``(n,)``.
+            lng: Longitudes, degrees, shape ``(n,)``.
+            vectors: float32 vectors, shape ``(n, dim)``.
+
+        Returns:
+            Distinct ids upserted (rows already identical are left untouched but counted).
+
+        Raises:
+            InvalidInputError: Shapes disagree, the dimension is not the table's, or values are not finite.
+        """
+        from psycopg import sql
+
+        dim = self._require_dim()
+        h3 = np.asarray(h3, dtype=np.uint64).ravel()
+        lat = np.asarray(lat, dtype=np.float64).ravel()
+        lng = np.asarray(lng, dtype=np.float64).ravel()
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != dim:
+            raise InvalidInputError(f"vectors must have shape (n, {dim}) for table {self.table!r}, got {vectors.shape}")
+        n = len(h3)
+        if not (len(lat) == len(lng) == vectors.shape[0] == n):
+            raise InvalidInputError(
+                f"h3, lat, lng and vectors must have the same length, got {n}, {len(lat)}, {len(lng)}, "
+                f"{vectors.shape[0]}"
+            )
+        if n == 0:
+            return 0
+        if not (np.isfinite(vectors).all() and np.isfinite(lat).all() and np.isfinite(lng).all()):
+            raise InvalidInputError("vectors, lat and lng must be finite (found NaN or inf)")
+        _, last = np.unique(h3[::-1], return_index=True)
+        if len(last) < n:  # ON CONFLICT cannot touch a row twice in one statement: keep each id's last row
+            keep = np.sort(n - 1 - last)
+            h3, lat, lng, vectors = h3[keep], lat[keep], lng[keep], vectors[keep]
+        stream = copy_binary_rows(h3, lat, lng, vectors)
+        stage = self._ident("_stage")
+        with self._conn.transaction():
+            self._conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} (h3 bigint, lat double precision, lng double precision, embedding vector) "
+                    "ON COMMIT DROP"
+                ).format(stage)
+            )
+            with self._conn.cursor() as cur:
+                with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(stage)) as copy:
+                    view = memoryview(stream)
+                    for start in range(0, len(view), _COPY_CHUNK_BYTES):
+                        copy.write(view[start : start + _COPY_CHUNK_BYTES])
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (h3, lat, lng, embedding) SELECT h3, lat, lng, embedding FROM {} "
+                        "ON CONFLICT (h3) DO UPDATE SET lat = EXCLUDED.lat, lng = EXCLUDED.lng, "
+                        "embedding = EXCLUDED.embedding "
+                        # unchanged rows are left alone: a resumed load does not rewrite them or their HNSW entries
+                        "WHERE ({t}.lat, {t}.lng, {t}.embedding) IS DISTINCT FROM "
+                        "(EXCLUDED.lat, EXCLUDED.lng, EXCLUDED.embedding)"
+                    ).format(self._ident(), stage, t=self._ident())
+                )
+                logger.debug("upserted %d rows into %s (%d new or changed)", len(h3), self.table, cur.rowcount)
+        return len(h3)
+
+    def finish_load(self) -> None:
+        """Build the HNSW cosine index and the ``(lat, lng)`` btree if missing, then ANALYZE.
+
+        The HNSW build uses ``maintenance_work_mem``; building after the load
+        is several times faster than maintaining the graph row by row.
+        """
+        from psycopg import sql
+
+        self._require_dim()
+        self._conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [self.maintenance_work_mem])
+        self._conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (lat, lng)").format(self._ident("_latlng"), self._ident())
+        )
+        logger.info("building the HNSW index on %s (maintenance_work_mem=%s)", self.table, self.maintenance_work_mem)
+        self._conn.execute(
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops) "
+                "WITH (m = {}, ef_construction = {})"
+            ).format(
+                self._ident("_hnsw"),
+                self._ident(),
+                sql.Literal(self.hnsw_m),
+                sql.Literal(self.hnsw_ef_construction),
+            )
+        )
+        self._conn.execute(sql.SQL("ANALYZE {}").format(self._ident()))
+        self._conn.execute("RESET maintenance_work_mem")
+
+    # ------------------------------------------------------------------ search
+
+    def _geo_sql(self, geo: GeoFilter | None, *, indexable: bool) -> tuple[Any, list[Any]]:
+        """The WHERE fragment for ``geo``; ``indexable=False`` hides lat/lng from the btree (``lat + 0``)."""
+        from psycopg import sql
+
+        if geo is None:
+            return sql.SQL("TRUE"), []
+        lat_col = sql.SQL("lat") if indexable else sql.SQL("(lat + 0)")
+        lng_col = sql.SQL("lng") if indexable else sql.SQL("(lng + 0)")
+        west, south, east, north = geo.bbox if not geo.is_radius else _radius_bbox(geo.lat, geo.lng, geo.radius_km)
+        parts = [sql.SQL("{} >= %s AND {} <= %s").format(lat_col, lat_col)]
+        params: list[Any] = [south, north]
+        if west <= east:
+            if not (west <= -180 and east >= 180):
+                parts.append(sql.SQL("{} >= %s AND {} <= %s").format(lng_col, lng_col))
+                params += [west, east]
+        else:
+            parts.append(sql.SQL("({} >= %s OR {} <= %s)").format(lng_col, lng_col))
+            params += [west, east]
+        if geo.is_radius:
+            # the same haversine as vectorgeo.geodesy.haversine_m, term for term
+            parts.append(
+                sql.SQL(
+                    "2 * %s * asin(sqrt(least(1.0, greatest(0.0, "
+                    "sin((radians(lat) - radians(%s)) / 2) ^ 2 "
+                    "+ cos(radians(%s)) * cos(radians(lat)) * sin(radians(lng - %s) / 2) ^ 2)))) <= %s"
+                )
+            )
+            params += [EARTH_RADIUS_M, geo.lat, geo.lat, geo.lng, geo.radius_km * 1000.0]
+        return sql.SQL(" AND ").join(parts), params
+
+    def _region_is_small(self, geo: GeoFilter | None) -> bool:
+        """True when the filter's box holds fewer than ``exact_max_rows`` rows (a capped, index-backed count)."""
+        from psycopg import sql
+
+        if geo is None:
+            return False
+        where, params = self._geo_sql(geo, indexable=True)
+        query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT %s) s").format(self._ident(), where)
+        (n,) = self._conn.execute(query, [*params, self.exact_max_rows]).fetchone()
+        return int(n) < self.exact_max_rows
+
+    def _search_query(
+        self, plan: str, qvec: str, k: int, geo: GeoFilter | None, exclude_ids: list[int]
+    ) -> tuple[Any, list[Any]]:
+        from psycopg import sql
+
+        if plan == "exact":
+            where, params = self._geo_sql(geo, indexable=True)
+            # MATERIALIZED keeps the ORDER BY out of reach of the HNSW index: a true exact scan of the region
+            query = sql.SQL(
+                "WITH region AS MATERIALIZED (SELECT h3, lat, lng, embedding FROM {} WHERE {} AND h3 <> ALL(%s)) "
+                "SELECT h3, 1 - (embedding <=> %s::vector) AS score, lat, lng FROM region "
+                "ORDER BY embedding <=> %s::vector, h3 LIMIT %s"
+            ).format(self._ident(), where)
+            return query, [*params, exclude_ids, qvec, qvec, k]
+        where, params = self._geo_sql(geo, indexable=False)
+        # relaxed_order may return rows slightly out of order: re-sort the materialized candidates
+        query = sql.SQL(
+            "WITH candidates AS MATERIALIZED (SELECT h3, lat, lng, embedding <=> %s::vector AS distance FROM {} "
+            "WHERE {} AND h3 <> ALL(%s) ORDER BY embedding <=> %s::vector LIMIT %s) "
+            "SELECT h3, 1 - distance AS score, lat, lng FROM candidates ORDER BY distance, h3"
+        ).format(self._ident(), where)
+        return query, [qvec, *params, exclude_ids, qvec, k]
+
+    def _set_hnsw_settings(self, k: int, filtered: bool) -> None:
+        settings = [
+            ("hnsw.ef_search", str(min(1000, max(40, 2 * k)))),
+            ("hnsw.iterative_scan", "relaxed_order" if filtered else "off"),
+            ("hnsw.max_scan_tuples", str(self.max_scan_tuples)),
+            ("enable_seqscan", "off"),  # with the btree hidden, this leaves the HNSW scan
+        ]
+        for name, value in settings:
+            self._conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+
+    def _prepare(self, vector: np.ndarray, k: int, exclude: tuple[int, ...]) -> tuple[str, list[int]]:
+        dim = self._require_dim()
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        vector = np.asarray(vector, dtype=np.float32).ravel()
+        if vector.shape != (dim,) or not np.isfinite(vector).all():
+            raise InvalidInputError(
+                f"query vector must hold {dim} finite floats for table {self.table!r}, got shape {vector.shape}"
+            )
+        return _vector_literal(vector), _to_int64(np.asarray(exclude, dtype=np.uint64)).tolist()
+
+    def choose_plan(self, geo: GeoFilter | None) -> str:
+        """``"exact"`` for a small region (or a table without HNSW index), else ``"hnsw"``."""
+        if not self._has_hnsw():
+            return "exact"
+        return "exact" if self._region_is_small(geo) else "hnsw"
+
+    def _has_hnsw(self) -> bool:
+        row = self._conn.execute("SELECT to_regclass(%s) IS NOT NULL", [self.table + "_hnsw"]).fetchone()
+        return bool(row[0])
+
+    def search(
+        self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
+    ) -> list[Match]:
+        """The ``k`` cells most cosine-similar to ``vector`` (best first), inside ``geo``, not in ``exclude``.
+
+        Unfiltered queries use HNSW with ``hnsw.ef_search = max(40, 2k)``.
+        Filtered queries over a small region are exact; over a large region
+        they use HNSW with an iterative scan, and fall back to exact search
+        when that returns fewer than ``k`` rows, so ``k`` rows come back
+        whenever ``k`` qualify. Score = 1 - cosine distance.
+        """
+        qvec, exclude_ids = self._prepare(vector, k, exclude)
+        plan = self.choose_plan(geo)
+        rows: list[tuple[Any, ...]] = []
+        if plan == "hnsw":
+            with self._conn.transaction():
+                self._set_hnsw_settings(k, filtered=geo is not None or bool(exclude_ids))
+                query, params = self._search_query("hnsw", qvec, k, geo, exclude_ids)
+                rows = self._conn.execute(query, params).fetchall()
+            if len(rows) < k:
+                logger.debug("HNSW returned %d < %d rows; falling back to exact search", len(rows), k)
+                plan = "hnsw+exact"
+        if plan != "hnsw":
+            query, params = self._search_query("exact", qvec, k, geo, exclude_ids)
+            rows = self._conn.execute(query, params).fetchall()
+        self.last_plan = plan
+        if not rows:
+            return []
+        ids = _to_uint64([r[0] for r in rows])
+        return [Match(int(i), float(r[1]), float(r[2]), float(r[3])) for i, r in zip(ids, rows, strict=True)]
+
+    def explain_search(
+        self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
+    ) -> str:
+        """The plan PostgreSQL uses for :meth:`search`'s first query, under the same settings and parameters."""
+        from psycopg import sql
+
+        qvec, exclude_ids = self._prepare(vector, k, exclude)
+        plan = self.choose_plan(geo)
+        query, params = self._search_query(plan, qvec, k, geo, exclude_ids)
+        with self._conn.transaction():
+            if plan == "hnsw":
+                self._set_hnsw_settings(k, filtered=geo is not None or bool(exclude_ids))
+            rows = self._conn.execute(sql.SQL("EXPLAIN (COSTS OFF) ") + query, params).fetchall()
+        return "\n".join(r[0] for r in rows)
+
+    # ------------------------------------------------------------- fetch/count
+
+    def fetch(self, h3: int) -> tuple[np.ndarray, float, float]:
+        """A cell's float32 vector and centre ``(vector, lat, lng)`` (degrees).
+
+        Raises:
+            NotFoundError: No row has this id.
+        """
+        from psycopg import sql
+
+        self._require_dim()
+        key = int(_to_int64(np.array([h3], dtype=np.uint64))[0])
+        row = self._conn.execute(
+            sql.SQL("SELECT embedding::real[], lat, lng FROM {} WHERE h3 = %s").format(self._ident()), [key]
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"cell {int(h3)} ({int(h3):x}) is not in table {self.table!r}")
+        return np.asarray(row[0], dtype=np.float32), float(row[1]), float(row[2])
+
+    def count(self) -> int:
+        """Rows stored."""
+        from psycopg import sql
+
+        self._require_dim()
+        (n,) = self._conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident())).fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        """Close the connection (the server keeps running)."""
+        self._conn.close()
+
+    def __enter__(self) -> PgVectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EmbeddedPgVectorStore(PgVectorStore):
+    """A :class:`PgVectorStore` on the embedded PostgreSQL in ``cluster_dir``: started here, stopped on ``close()``."""
+
+    def __init__(self, cluster_dir: str | Path, table: str = "vectorgeo", **options: Any) -> None:
+        from vectorgeo.stores.postgres_server import EmbeddedPostgres
+
+        self.server = EmbeddedPostgres(Path(cluster_dir))
+        url = self.server.start()
+        try:
+            super().__init__(url, table=table, **options)
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def close(self) -> None:
+        """Close the connection, then stop the server."""
+        try:
+            super().close()
+        finally:
+            self.server.stop()
+
+
+def setup_table(url: str, table: str, dim: int, *, wipe_existing: bool, confirm: Callable[[str], bool]) -> int:
+    """Create the table, or recreate it when ``wipe_existing`` (as the seed's ``setup-aurora.py`` did).
+
+    Args:
+        url: libpq connection URL.
+        table: Table name.
+        dim: Vector dimension.
+        wipe_existing: Drop and recreate an existing table.
+        confirm: Called with a description of what will be destroyed when the
+            table holds rows; must return True to go ahead (scripts ask loudly).
+
+    Returns:
+        Rows in the table afterwards (0 after a wipe).
+
+    Raises:
+        NotConfirmedError: ``confirm`` declined to wipe a non-empty table.
+        InvalidInputError: The table exists with another dimension and ``wipe_existing`` is False.
+    """
+    with PgVectorStore(url, table) as store:
+        existing_dim = store._table_dim()
+        if wipe_existing and existing_dim is not None:
+            n = store.count()
+            if n > 0:
+                message = f"DROP table {table!r} holding {n} rows of {existing_dim}-dimensional vectors?"
+                if not confirm(message):
+                    raise NotConfirmedError(f"refused to wipe table {table!r} ({n} rows): not confirmed")
+        store.create(dim, wipe=wipe_existing)
+        return store.count()

@@ -1,0 +1,612 @@
+"""Qdrant adapters: a server or cloud through ``qdrant-client``, and Qdrant Edge in-process.
+
+Both store one point per H3 cell: the point id is the cell's uint64 id, the
+vector is the embedding (cosine distance), and the payload holds the centre as
+``location = {"lat": .., "lon": ..}`` (a Qdrant geo point, with a geo payload
+index). Only the geo point is stored: duplicate ``lat``/``lng`` keys cost a third
+of Edge's load rate and add nothing.
+
+Geographic filters follow :meth:`vectorgeo.stores.base.GeoFilter.contains`:
+
+* radius: Qdrant's ``geo_radius``, a haversine distance on a sphere of mean
+  radius 6 371 008.8 m (the ``geo`` crate's ``Haversine`` in the server and in
+  Edge, ``MEAN_EARTH_RADIUS`` in qdrant-client's local mode), the same sphere
+  as :data:`vectorgeo.geodesy.EARTH_RADIUS_M`. Qdrant tests ``distance <
+  radius`` where GeoFilter tests ``<=``, and rounding differs, so answers may
+  differ only for cells within a metre of the circle.
+* bbox: Qdrant's ``geo_bounding_box`` compares with strict inequalities; the
+  adapter widens the box by 1e-9 degrees (0.1 mm) so that edges count as
+  inside, as in GeoFilter. A box crossing the antimeridian (``west > east``)
+  is sent as two boxes in a ``should``. Qdrant's geo index (qdrant-edge-py
+  0.9) returns wrong answers for boxes with an edge on a pole or spanning 360
+  degrees, so boxes are kept 1e-7 degrees (1 cm) off the poles and cut into
+  pieces at most 90 degrees wide (see :func:`_boxes`); cells within 1 cm of a
+  pole are therefore missed by boxes that reach it.
+
+Qdrant normalises vectors of a cosine collection on write, so :meth:`fetch`
+returns the unit vector in the direction of what was stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vectorgeo.errors import InvalidInputError, NotFoundError
+from vectorgeo.stores.base import GeoFilter, Match
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
+__all__ = ["QdrantClientStore", "QdrantEdgeStore", "connect_qdrant"]
+
+log = logging.getLogger(__name__)
+
+LOCATION_FIELD = "location"
+"""Payload key of the geo point (``{"lat": .., "lon": ..}``) that carries the geo index."""
+
+INDEXING_THRESHOLD_KB = 20_000
+"""Qdrant's optimizer indexing threshold (KB of vectors per segment) restored after a bulk load."""
+
+_BBOX_EPS_DEG = 1e-9
+_POLE_MARGIN_DEG = 1e-7
+_MAX_BOX_WIDTH_DEG = 90.0
+
+
+def connect_qdrant(url: str | None, api_key: str | None = None) -> QdrantClient | None:
+    """A Qdrant client for ``url``, or None when no URL is set (the caller then uses Qdrant Edge).
+
+    Args:
+        url: Server URL (``QDRANT_URL``, read by the caller), or ``":memory:"`` for
+            qdrant-client's in-process mode; None or empty means no server.
+        api_key: API key (``QDRANT_API_KEY``), or None.
+
+    Returns:
+        A ``QdrantClient``, or None. The client does not connect until first used.
+    """
+    if not url:
+        return None
+    from qdrant_client import QdrantClient
+
+    if url == ":memory:":
+        return QdrantClient(":memory:")
+    return QdrantClient(url=url, api_key=api_key)
+
+
+# --- validation and filters shared by both adapters -------------------------------------------------------------
+
+
+def _validate_rows(
+    h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check shapes, ranges and dims; return (uint64 ids, float64 lat, float64 lng, float32 vectors)."""
+    h3 = np.asarray(h3).reshape(-1)
+    lat = np.asarray(lat, dtype=np.float64).reshape(-1)
+    lng = np.asarray(lng, dtype=np.float64).reshape(-1)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise InvalidInputError(f"vectors must be a 2-D (rows, dim) array, got shape {vectors.shape}")
+    if not len(h3) == len(lat) == len(lng) == len(vectors):
+        raise InvalidInputError(
+            f"h3, lat, lng and vectors must have the same length, got {len(h3)}, {len(lat)}, {len(lng)}, {len(vectors)}"
+        )
+    if vectors.shape[1] != dim:
+        raise InvalidInputError(
+            f"vector dimension {vectors.shape[1]} does not match the collection's dimension {dim}; "
+            "recreate the collection with create(dim, wipe=True) or pass vectors of that length"
+        )
+    if not np.issubdtype(h3.dtype, np.integer):
+        raise InvalidInputError(f"h3 ids must be integers (uint64 H3 cell ids), got dtype {h3.dtype}")
+    if np.issubdtype(h3.dtype, np.signedinteger) and len(h3) and h3.min() < 0:
+        raise InvalidInputError(f"h3 ids must be non-negative uint64 cell ids, got {int(h3.min())}")
+    h3 = h3.astype(np.uint64)
+    bad = ~((lat >= -90) & (lat <= 90) & (lng >= -180) & (lng <= 180))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidInputError(f"cell {int(h3[i])} has lat, lng {lat[i]}, {lng[i]} outside -90..90, -180..180")
+    norms = np.linalg.norm(vectors, axis=1)
+    bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidInputError(f"cell {int(h3[i])} has a zero or non-finite vector; cosine needs a direction")
+    return h3, lat, lng, vectors
+
+
+def _validate_query(vector: np.ndarray, k: int, dim: int) -> list[float]:
+    """Check the query vector and ``k``; return the vector as a list of floats."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != dim:
+        raise InvalidInputError(
+            f"query vector dimension {vector.shape[0]} does not match the collection's dimension {dim}"
+        )
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm == 0:
+        raise InvalidInputError("the query vector is zero or non-finite; cosine needs a direction")
+    return vector.tolist()
+
+
+def _boxes(bbox: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:
+    """``(west, south, east, north)`` as boxes ``(top, left, bottom, right)`` that Qdrant's geo index handles.
+
+    Each box is widened by 1e-9 degrees so edges count as inside. Qdrant's geo
+    index (seen in Edge 0.9) drops points for boxes whose edge lies on a pole
+    or that span the full 360 degrees of longitude, so latitudes are kept
+    ``_POLE_MARGIN_DEG`` off the poles and the box is cut into pieces at most
+    90 degrees wide; a box crossing the antimeridian (``west > east``) is cut there.
+    """
+    west, south, east, north = bbox
+    top = min(north + _BBOX_EPS_DEG, 90.0 - _POLE_MARGIN_DEG)
+    bottom = max(south - _BBOX_EPS_DEG, -90.0 + _POLE_MARGIN_DEG)
+    spans = [(west, east)] if west <= east else [(west, 180.0), (-180.0, east)]
+    pieces = []
+    for lo, hi in spans:
+        edges = np.linspace(lo, hi, max(1, math.ceil((hi - lo) / _MAX_BOX_WIDTH_DEG)) + 1)
+        pieces += [(a, b) for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)]
+    return [(top, max(lo - _BBOX_EPS_DEG, -180.0), bottom, min(hi + _BBOX_EPS_DEG, 180.0)) for lo, hi in pieces]
+
+
+def _ids(exclude: tuple[int, ...]) -> list[int]:
+    return [int(i) for i in exclude]
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _payloads(lat: np.ndarray, lng: np.ndarray) -> list[dict[str, Any]]:
+    return [
+        {LOCATION_FIELD: {"lat": a, "lon": o}, "lat": a, "lng": o}
+        for a, o in zip(lat.tolist(), lng.tolist(), strict=True)
+    ]
+
+
+def _vector_of(raw: Any) -> np.ndarray:
+    """The default (unnamed) vector of a record, whichever shape the engine returns."""
+    if isinstance(raw, dict):
+        raw = raw.get("", next(iter(raw.values())))
+    return np.asarray(raw, dtype=np.float32)
+
+
+# --- qdrant-client ---------------------------------------------------------------------------------------------
+
+
+class QdrantClientStore:
+    """A Qdrant collection on a server, in Qdrant Cloud, or in qdrant-client's local mode.
+
+    Args:
+        client: A ``QdrantClient`` (see :func:`connect_qdrant`).
+        collection: Collection name.
+        on_disk: Keep original vectors on disk (memory-mapped) instead of in RAM.
+        quantization: Add int8 scalar quantisation (kept in RAM; search rescoring on originals).
+        batch_size: Points per upsert request.
+        hnsw_ef: HNSW search breadth; None uses the collection's default.
+    """
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str,
+        *,
+        on_disk: bool = False,
+        quantization: bool = False,
+        batch_size: int = 1000,
+        hnsw_ef: int | None = None,
+    ) -> None:
+        self.client = client
+        self.collection = collection
+        self.on_disk = on_disk
+        self.quantization = quantization
+        self.batch_size = batch_size
+        self.hnsw_ef = hnsw_ef
+        self._dim: int | None = None
+        self._loading = False
+
+    def _optimizers(self, threshold_kb: int) -> Any:
+        from qdrant_client import models
+
+        return models.OptimizersConfigDiff(indexing_threshold=threshold_kb)
+
+    def _existing_dim(self) -> int | None:
+        if not self.client.collection_exists(self.collection):
+            return None
+        vectors = self.client.get_collection(self.collection).config.params.vectors
+        if isinstance(vectors, dict):
+            vectors = vectors.get("", next(iter(vectors.values())))
+        return int(vectors.size)
+
+    def _require_dim(self) -> int:
+        if self._dim is None:
+            self._dim = self._existing_dim()
+            if self._dim is None:
+                raise NotFoundError(f"Qdrant collection {self.collection!r} does not exist; call create(dim) first")
+        return self._dim
+
+    def create(self, dim: int, *, wipe: bool = False) -> None:
+        """Make the collection for ``dim``-long vectors (cosine); ``wipe`` drops it first.
+
+        Raises:
+            InvalidInputError: The collection exists with another dimension and ``wipe`` is False.
+        """
+        from qdrant_client import models
+
+        if dim < 1:
+            raise InvalidInputError(f"dim must be >= 1, got {dim}")
+        existing = self._existing_dim()
+        if existing is not None and wipe:
+            log.info("dropping Qdrant collection %s", self.collection)
+            self.client.delete_collection(self.collection)
+            existing = None
+        if existing is not None:
+            if existing != dim:
+                raise InvalidInputError(
+                    f"Qdrant collection {self.collection!r} holds {existing}-long vectors, asked for {dim}; "
+                    "pass wipe=True to recreate it"
+                )
+            self._dim = dim
+            return
+        quantization = (
+            models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+            )
+            if self.quantization
+            else None
+        )
+        self.client.create_collection(
+            self.collection,
+            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=self.on_disk),
+            optimizers_config=self._optimizers(0),
+            quantization_config=quantization,
+        )
+        self.client.create_payload_index(self.collection, LOCATION_FIELD, field_schema=models.PayloadSchemaType.GEO)
+        self._dim, self._loading = dim, True
+        log.info(
+            "created Qdrant collection %s (dim %d, on_disk=%s, int8=%s)",
+            self.collection,
+            dim,
+            self.on_disk,
+            self.quantization,
+        )
+
+    def upsert(self, h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: np.ndarray) -> int:
+        """Insert or replace points keyed by H3 id; indexing stays off until :meth:`finish_load`.
+
+        Returns:
+            Rows written.
+        """
+        from qdrant_client import models
+
+        h3, lat, lng, vectors = _validate_rows(h3, lat, lng, vectors, self._require_dim())
+        if not self._loading:
+            self.client.update_collection(self.collection, optimizers_config=self._optimizers(0))
+            self._loading = True
+        for part in _batches(len(h3), self.batch_size):
+            batch = models.Batch(
+                ids=h3[part].tolist(), vectors=vectors[part].tolist(), payloads=_payloads(lat[part], lng[part])
+            )
+            self.client.upsert(self.collection, points=batch, wait=True)
+        return len(h3)
+
+    def finish_load(self) -> None:
+        """Restore the indexing threshold so Qdrant builds the HNSW index (asynchronously on a server)."""
+        self._require_dim()
+        self.client.update_collection(self.collection, optimizers_config=self._optimizers(INDEXING_THRESHOLD_KB))
+        self._loading = False
+
+    def _filter(self, geo: GeoFilter | None, exclude: tuple[int, ...]) -> Any:
+        from qdrant_client import models
+
+        must, should = [], None
+        if geo is not None and geo.is_radius:
+            radius = models.GeoRadius(center=models.GeoPoint(lat=geo.lat, lon=geo.lng), radius=geo.radius_km * 1000.0)
+            must.append(models.FieldCondition(key=LOCATION_FIELD, geo_radius=radius))
+        elif geo is not None:
+            conditions = [
+                models.FieldCondition(
+                    key=LOCATION_FIELD,
+                    geo_bounding_box=models.GeoBoundingBox(
+                        top_left=models.GeoPoint(lat=top, lon=left), bottom_right=models.GeoPoint(lat=bottom, lon=right)
+                    ),
+                )
+                for top, left, bottom, right in _boxes(geo.bbox)
+            ]
+            if len(conditions) == 1:
+                must.extend(conditions)
+            else:
+                should = conditions
+        must_not = [models.HasIdCondition(has_id=_ids(exclude))] if exclude else None
+        if not must and should is None and must_not is None:
+            return None
+        return models.Filter(must=must or None, should=should, must_not=must_not)
+
+    def search(
+        self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
+    ) -> list[Match]:
+        """The ``k`` most similar cells by cosine (best first), optionally inside ``geo``, never in ``exclude``."""
+        from qdrant_client import models
+
+        query = _validate_query(vector, k, self._require_dim())
+        params = models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
+        points = self.client.query_points(
+            self.collection,
+            query=query,
+            limit=int(k),
+            query_filter=self._filter(geo, exclude),
+            search_params=params,
+            with_payload=[LOCATION_FIELD],
+        ).points
+        return [
+            Match(
+                h3=int(p.id),
+                score=float(p.score),
+                lat=p.payload[LOCATION_FIELD]["lat"],
+                lng=p.payload[LOCATION_FIELD]["lon"],
+            )
+            for p in points
+        ]
+
+    def fetch(self, h3: int) -> tuple[np.ndarray, float, float]:
+        """A cell's unit vector (float32) and centre ``(vector, lat, lng)``.
+
+        Raises:
+            NotFoundError: No point has this id.
+        """
+        self._require_dim()
+        records = self.client.retrieve(self.collection, [int(h3)], with_payload=[LOCATION_FIELD], with_vectors=True)
+        if not records:
+            raise NotFoundError(f"cell {int(h3)} is not in Qdrant collection {self.collection!r}")
+        rec = records[0]
+        return (
+            _vector_of(rec.vector),
+            float(rec.payload[LOCATION_FIELD]["lat"]),
+            float(rec.payload[LOCATION_FIELD]["lon"]),
+        )
+
+    def count(self) -> int:
+        """Points stored (exact count)."""
+        self._require_dim()
+        return int(self.client.count(self.collection, exact=True).count)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+
+# --- Qdrant Edge -----------------------------------------------------------------------------------------------
+
+
+class QdrantEdgeStore:
+    """A Qdrant Edge shard: the Qdrant engine in-process, stored in a local directory.
+
+    The shard is opened if ``path`` already holds one, else made by :meth:`create`.
+    Only one process may hold a shard at a time. Edge runs no background
+    optimizer: points go to plain (exactly searched) segments, and
+    :meth:`finish_load` builds the geo payload index (deferred from
+    :meth:`create`: loading with it in place is ~30 % slower) and the HNSW index
+    for segments above Qdrant's indexing threshold. Geo filters work before
+    that too, by scanning payloads.
+
+    Args:
+        path: Shard directory (in the local data dir).
+        on_disk: Keep original vectors on disk (memory-mapped) instead of in RAM.
+        quantization: Add int8 scalar quantisation (kept in RAM; rescoring on originals).
+        batch_size: Points per update operation.
+        hnsw_ef: HNSW search breadth; None uses the default.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        on_disk: bool = False,
+        quantization: bool = False,
+        batch_size: int = 10_000,
+        hnsw_ef: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.on_disk = on_disk
+        self.quantization = quantization
+        self.batch_size = batch_size
+        self.hnsw_ef = hnsw_ef
+        self._shard: Any = None
+        self._dim: int | None = None
+        if self._config_file.exists():
+            self._open()
+
+    @property
+    def _config_file(self) -> Path:
+        return self.path / "edge_config.json"
+
+    def _open(self) -> None:
+        from qdrant_edge import EdgeShard
+
+        self._shard = EdgeShard.load(str(self.path))
+        vectors = json.loads(self._config_file.read_text()).get("vectors", {})
+        params = vectors.get("", next(iter(vectors.values()), None))
+        self._dim = int(params["size"]) if params else None
+        log.info("opened Qdrant Edge shard %s (dim %s)", self.path, self._dim)
+
+    def _require(self) -> tuple[Any, int]:
+        if self._shard is None or self._dim is None:
+            if self._config_file.exists():
+                raise NotFoundError(f"the Qdrant Edge store at {self.path} is closed; open a new QdrantEdgeStore")
+            raise NotFoundError(f"no Qdrant Edge shard at {self.path}; call create(dim) first")
+        return self._shard, self._dim
+
+    def create(self, dim: int, *, wipe: bool = False) -> None:
+        """Make the shard for ``dim``-long vectors (cosine); ``wipe`` deletes the shard directory first.
+
+        Raises:
+            InvalidInputError: The shard exists with another dimension and ``wipe`` is False, or ``path``
+                holds files that are not a Qdrant Edge shard.
+        """
+        from qdrant_edge import (
+            Distance,
+            EdgeConfig,
+            EdgeShard,
+            EdgeVectorParams,
+            ScalarQuantizationConfig,
+            ScalarType,
+        )
+
+        if dim < 1:
+            raise InvalidInputError(f"dim must be >= 1, got {dim}")
+        if wipe and self.path.exists():
+            if not self._config_file.exists() and any(self.path.iterdir()):
+                raise InvalidInputError(f"{self.path} holds files but no Qdrant Edge shard; refusing to delete it")
+            self.close()
+            log.info("deleting Qdrant Edge shard %s", self.path)
+            shutil.rmtree(self.path)
+            self._dim = None
+        if self._shard is None and self._config_file.exists():
+            self._open()
+        if self._shard is not None:
+            if self._dim != dim:
+                raise InvalidInputError(
+                    f"Qdrant Edge shard {self.path} holds {self._dim}-long vectors, asked for {dim}; "
+                    "pass wipe=True to recreate it"
+                )
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            raise InvalidInputError(f"{self.path} holds files but no Qdrant Edge shard; choose an empty directory")
+        quantization = (
+            ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99, always_ram=True)
+            if self.quantization
+            else None
+        )
+        config = EdgeConfig(
+            vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine, on_disk=self.on_disk),
+            quantization_config=quantization,
+        )
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._shard = EdgeShard.create(str(self.path), config)
+        self._dim = dim
+        log.info(
+            "created Qdrant Edge shard %s (dim %d, on_disk=%s, int8=%s)",
+            self.path,
+            dim,
+            self.on_disk,
+            self.quantization,
+        )
+
+    def upsert(self, h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: np.ndarray) -> int:
+        """Insert or replace points keyed by H3 id (written to the WAL; searchable at once).
+
+        Returns:
+            Rows written.
+        """
+        from qdrant_edge import Point, UpdateOperation
+
+        shard, dim = self._require()
+        h3, lat, lng, vectors = _validate_rows(h3, lat, lng, vectors, dim)
+        for part in _batches(len(h3), self.batch_size):
+            points = [
+                Point(i, v, p)
+                for i, v, p in zip(
+                    h3[part].tolist(), vectors[part].tolist(), _payloads(lat[part], lng[part]), strict=True
+                )
+            ]
+            shard.update(UpdateOperation.upsert_points(points))
+        return len(h3)
+
+    def finish_load(self) -> None:
+        """Build the geo payload index if missing, run Edge's optimizers (HNSW where large enough), flush."""
+        from qdrant_edge import PayloadSchemaType, UpdateOperation
+
+        shard, _ = self._require()
+        if LOCATION_FIELD not in shard.info().payload_schema:
+            shard.update(UpdateOperation.create_field_index(LOCATION_FIELD, PayloadSchemaType.Geo))
+        optimized = shard.optimize()
+        shard.flush()
+        log.info("optimized Qdrant Edge shard %s (changed: %s)", self.path, optimized)
+
+    def _filter(self, geo: GeoFilter | None, exclude: tuple[int, ...]) -> Any:
+        from qdrant_edge import FieldCondition, Filter, GeoBoundingBox, GeoPoint, GeoRadius, HasIdCondition
+
+        must, should = [], None
+        if geo is not None and geo.is_radius:
+            radius = GeoRadius(center=GeoPoint(lon=geo.lng, lat=geo.lat), radius=geo.radius_km * 1000.0)
+            must.append(FieldCondition(key=LOCATION_FIELD, geo_radius=radius))
+        elif geo is not None:
+            conditions = [
+                FieldCondition(
+                    key=LOCATION_FIELD,
+                    geo_bounding_box=GeoBoundingBox(
+                        top_left=GeoPoint(lon=left, lat=top), bottom_right=GeoPoint(lon=right, lat=bottom)
+                    ),
+                )
+                for top, left, bottom, right in _boxes(geo.bbox)
+            ]
+            if len(conditions) == 1:
+                must.extend(conditions)
+            else:
+                should = conditions
+        must_not = [HasIdCondition(set(_ids(exclude)))] if exclude else None
+        if not must and should is None and must_not is None:
+            return None
+        return Filter(must=must or None, should=should, must_not=must_not)
+
+    def search(
+        self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
+    ) -> list[Match]:
+        """The ``k`` most similar cells by cosine (best first), optionally inside ``geo``, never in ``exclude``."""
+        from qdrant_edge import Query, QueryRequest, SearchParams
+
+        shard, dim = self._require()
+        query = _validate_query(vector, k, dim)
+        request = QueryRequest(
+            limit=int(k),
+            query=Query.Nearest(query),
+            filter=self._filter(geo, exclude),
+            params=SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None,
+            with_payload=[LOCATION_FIELD],
+        )
+        return [
+            Match(
+                h3=int(p.id),
+                score=float(p.score),
+                lat=p.payload[LOCATION_FIELD]["lat"],
+                lng=p.payload[LOCATION_FIELD]["lon"],
+            )
+            for p in shard.query(request)
+        ]
+
+    def fetch(self, h3: int) -> tuple[np.ndarray, float, float]:
+        """A cell's unit vector (float32) and centre ``(vector, lat, lng)``.
+
+        Raises:
+            NotFoundError: No point has this id.
+        """
+        shard, _ = self._require()
+        records = shard.retrieve([int(h3)], with_payload=[LOCATION_FIELD], with_vector=True)
+        if not records:
+            raise NotFoundError(f"cell {int(h3)} is not in Qdrant Edge shard {self.path}")
+        rec = records[0]
+        return (
+            _vector_of(rec.vector),
+            float(rec.payload[LOCATION_FIELD]["lat"]),
+            float(rec.payload[LOCATION_FIELD]["lon"]),
+        )
+
+    def count(self) -> int:
+        """Points stored (exact count)."""
+        from qdrant_edge import CountRequest
+
+        shard, _ = self._require()
+        return int(shard.count(CountRequest(exact=True)))
+
+    def close(self) -> None:
+        """Flush and close the shard; a new store on the same path reopens it with its data."""
+        if self._shard is not None:
+            self._shard.flush()
+            self._shard.close()
+            self._shard = None
