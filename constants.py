@@ -37,3 +37,10 @@ TRAIN_SET = os.environ.get("VG_TRAIN_SET", "default")
 MODEL_FILENAME = os.environ.get("VG_MODEL", "demo.keras")
 # Parallel inference workers (foreach width, at most 100); each embeds several parts in turn.
 INFERENCE_WORKERS = int(os.environ.get("VG_INFERENCE_WORKERS", "2"))
+# Where the embedded stores keep their data (Qdrant Edge shards, the embedded
+# PostgreSQL cluster, FAISS files before upload). Machine-local, like the cache.
+DATA_DIR = os.environ.get("VG_DATA_DIR", str(REPO_ROOT / "data" / "stores"))
+# Production stores; unset = the embedded defaults. Secrets come from the environment only.
+QDRANT_URL = os.environ.get("QDRANT_URL") or None
+QDRANT_API_KEY = os.environ.get("QDRANT_API_KEY") or None
+DATABASE_URL = os.environ.get("DATABASE_URL") or None

@@ -1,4 +1,4 @@
-"""Flows 00 -> 01 -> 02 -> 03 -> 05 end to end through the real Metaflow CLI.
+"""Flows 00 -> 01 -> 02 -> 03 -> 04 -> 05 end to end through the real Metaflow CLI.
 
 Each step gets its own cache directory (VG_CACHE_DIR holds "{step}"), so a
 step that secretly read another step's local files would fail here. USER and
@@ -28,6 +28,7 @@ FLOW_00 = str(REPO_ROOT / "flows" / "00_h3_stencil_flow.py")
 FLOW_01 = str(REPO_ROOT / "flows" / "01_preprocess_flow.py")
 FLOW_02 = str(REPO_ROOT / "flows" / "02_train_flow.py")
 FLOW_03 = str(REPO_ROOT / "flows" / "03_inference_flow.py")
+FLOW_04 = str(REPO_ROOT / "flows" / "04_upload_flow.py")
 FLOW_05 = str(REPO_ROOT / "flows" / "05_evaluate_flow.py")
 
 
@@ -45,6 +46,7 @@ def _run(workdir, flow, *args, bucket=None, env_extra=None):
     env.update(
         VG_BUCKET=str(bucket or workdir / "bucket"),
         VG_CACHE_DIR=str(workdir / "cache" / "{step}"),
+        VG_DATA_DIR=str(workdir / "stores"),
         METAFLOW_DATASTORE_SYSROOT_LOCAL=str(workdir / "metaflow"),
         **(env_extra or {}),
     )
@@ -100,6 +102,15 @@ def test_pipeline_00_to_05_on_the_synthetic_default(workdir):
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads((bucket / "embeddings" / "tiny" / "res6" / "manifest.json").read_text())
     assert again["n_parts_skipped"] == again["n_parts"] == manifest["n_parts"]
+
+    for attempt in ("load", "reuse"):  # a second run finds every part loaded and the FAISS index current
+        done = _run(workdir, FLOW_04, "--model_filename=tiny.keras", "--h3_resolution=6")
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = done.stdout + done.stderr
+        for store in ("qdrant", "pgvector", "faiss"):
+            assert f"{store}: {manifest['n_embedded']} rows" in out
+        assert ("0 parts loaded" in out) == (attempt == "reuse")
+    assert (bucket / "indexes" / "tiny" / "res6" / "metadata.json").is_file()
 
     done = _run(workdir, FLOW_05, "--model_filename=tiny.keras", "--h3_resolution=6", "--k=3")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -238,6 +249,12 @@ def test_flow_01_bad_input_fails_once_in_start(workdir, args, message):
         (FLOW_03, ["--model_filename=tiny.keras", "--h3_resolution=9"], "no stencil at resolution 9"),
         (FLOW_02, ["--train_set=nothing", "--model_filename=x.keras"], "no training set 'nothing'"),
         (FLOW_05, ["--model_filename=nope.keras"], "'models/nope.keras'"),
+        (
+            FLOW_04,
+            ["--model_filename=tiny.keras", "--h3_resolution=9"],
+            "no embeddings of model 'tiny' at resolution 9",
+        ),
+        (FLOW_04, ["--model_filename=tiny.keras", "--h3_resolution=6", "--stores=milvus"], "--stores must list"),
     ],
 )
 def test_bad_input_to_later_flows(workdir, flow, args, message):

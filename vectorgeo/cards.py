@@ -6,7 +6,15 @@ so a card's content is library code that tests can call.
 
 from __future__ import annotations
 
-__all__ = ["pairs_card", "stencil_card", "summary_table"]
+__all__ = [
+    "evaluation_card",
+    "inference_card",
+    "pairs_card",
+    "stencil_card",
+    "summary_table",
+    "training_card",
+    "upload_card",
+]
 
 
 def summary_table(title: str, rows: dict) -> list:
@@ -58,3 +66,11 @@ def evaluation_card(report: dict, figure_png: bytes | None = None) -> list:
         Markdown(f"Checks: {checks}"),
         *_image(figure_png, "methods side by side"),
     ]
+
+
+def upload_card(counts: dict) -> list:
+    """Card for flow 04: rows per store, parts loaded and reused."""
+    from metaflow.cards import Markdown, Table
+
+    rows = [[k, r["collection"], r["count"], r["parts_loaded"], r["parts_skipped"]] for k, r in counts.items()]
+    return [Markdown("# Vector stores"), Table(rows, headers=["store", "collection", "rows", "parts loaded", "reused"])]

@@ -1,0 +1,161 @@
+"""Flow 04's units of work: stream embedding parts from the bucket into the stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError
+from vectorgeo.jobs.train import model_name
+from vectorgeo.stores import STORE_KINDS, open_store
+from vectorgeo.transfer import Bucket
+
+__all__ = ["index_prefix", "plan_upload", "load_store"]
+
+logger = logging.getLogger(__name__)
+
+
+def index_prefix(name: str, h3_resolution: int) -> str:
+    """Bucket prefix of a FAISS index built from a model's embeddings at a resolution."""
+    return f"indexes/{name}/res{h3_resolution}/"
+
+
+def _manifest(bucket: Bucket, name: str, h3_resolution: int) -> dict:
+    try:
+        return bucket.read_json(f"embeddings/{name}/res{h3_resolution}/manifest.json")
+    except BucketKeyNotFoundError as exc:
+        raise InvalidInputError(
+            f"no embeddings of model {name!r} at resolution {h3_resolution} in bucket {bucket.url!r}; "
+            "run flows/03_inference_flow.py first"
+        ) from exc
+
+
+def plan_upload(bucket: Bucket, *, stores: str, model_filename: str, h3_resolution: int) -> list[str]:
+    """Check the store list and that embeddings exist; return the stores to load, one per worker."""
+    kinds = [s.strip() for s in stores.split(",") if s.strip()]
+    unknown = sorted(set(kinds) - set(STORE_KINDS))
+    if unknown or not kinds:
+        raise InvalidInputError(f"--stores must list some of {', '.join(STORE_KINDS)}, got {stores!r}")
+    manifest = _manifest(bucket, model_name(model_filename), h3_resolution)
+    if manifest["n_embedded"] == 0:
+        raise InvalidInputError(f"the embeddings at resolution {h3_resolution} hold no cell: nothing to load")
+    return list(dict.fromkeys(kinds))
+
+
+def _part_arrays(path: Path, limit: int) -> tuple[np.ndarray, ...]:
+    table = pq.read_table(path, columns=["h3", "lat", "lng", "embedding"])
+    if limit < table.num_rows:
+        table = table.slice(0, limit)
+    n = table.num_rows
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(n, -1)
+    return (table.column("h3").to_numpy(), table.column("lat").to_numpy(), table.column("lng").to_numpy(), vectors)
+
+
+def load_store(
+    bucket: Bucket,
+    kind: str,
+    *,
+    model_filename: str,
+    h3_resolution: int,
+    collection: str,
+    data_dir: str | Path,
+    wipe: bool = False,
+    max_rows: int = 0,
+    qdrant_url: str | None = None,
+    qdrant_api_key: str | None = None,
+    database_url: str | None = None,
+) -> dict:
+    """Load every embedding part into one store, resumably, then build its indexes.
+
+    Loads are idempotent upserts keyed by H3 id; parts already loaded into
+    this store (by key and checksum, recorded in ``data_dir``) are skipped,
+    so a killed load resumes. The FAISS index is written to the bucket under
+    :func:`index_prefix` and not rebuilt when its metadata already names the
+    same source parts.
+
+    Returns:
+        ``{"store", "collection", "count", "parts_loaded", "parts_skipped", "rows_loaded"}``.
+    """
+    name = model_name(model_filename)
+    manifest = _manifest(bucket, name, h3_resolution)
+    parts = list(manifest["parts"])
+    sources = {key: _checksum(bucket, key) for key in parts}
+    data_dir = Path(data_dir)
+    if kind == "faiss":
+        return _load_faiss(bucket, name, h3_resolution, parts, sources, data_dir, max_rows)
+
+    progress_path = data_dir / "progress" / f"{kind}-{collection}.json"
+    done = {} if wipe or not progress_path.is_file() else json.loads(progress_path.read_text())
+    store = open_store(
+        kind, collection, data_dir=data_dir, qdrant_url=qdrant_url, qdrant_api_key=qdrant_api_key,
+        database_url=database_url,
+    )  # fmt: skip
+    try:
+        dim = int(_part_arrays(bucket.download(parts[0]), 1)[3].shape[1])
+        store.create(dim, wipe=wipe)
+        if store.count() == 0:
+            done = {}  # the store was emptied or recreated: the record of past loads is stale
+        loaded = skipped = rows = 0
+        for key in tqdm(parts, desc=f"load {kind}", unit="part", disable=None):
+            if done.get(key) == sources[key]:
+                skipped += 1
+                continue
+            if max_rows and rows >= max_rows:
+                break
+            h3, lat, lng, vectors = _part_arrays(bucket.download(key), max_rows - rows if max_rows else 1 << 62)
+            rows += store.upsert(h3, lat, lng, vectors)
+            loaded += 1
+            done[key] = sources[key]
+            progress_path.parent.mkdir(parents=True, exist_ok=True)
+            progress_path.write_text(json.dumps(done))
+        store.finish_load()
+        count = store.count()
+    finally:
+        store.close()
+    logger.info("%s/%s: %d rows (%d parts loaded, %d already there)", kind, collection, count, loaded, skipped)
+    return {"store": kind, "collection": collection, "count": count, "parts_loaded": loaded,
+            "parts_skipped": skipped, "rows_loaded": rows}  # fmt: skip
+
+
+def _load_faiss(
+    bucket: Bucket, name: str, h3_resolution: int, parts: list[str], sources: dict, data_dir: Path, max_rows: int
+) -> dict:
+    from vectorgeo.stores.faiss import INDEX_FILES, FaissStore
+
+    prefix = index_prefix(name, h3_resolution)
+    meta = bucket.read_json(prefix + "metadata.json") if bucket.exists(prefix + "metadata.json") else {}
+    whole = all(bucket.exists(prefix + file) for file in INDEX_FILES)
+    if meta.get("sources") == sources and whole and not max_rows:
+        logger.info("faiss index %s already matches its %d source parts: not rebuilt", prefix, len(parts))
+        return {"store": "faiss", "collection": prefix, "count": meta["count"], "parts_loaded": 0,
+                "parts_skipped": len(parts), "rows_loaded": 0}  # fmt: skip
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vg-faiss-", dir=data_dir) as tmp:
+        store = FaissStore(tmp)
+        rows = 0
+        for key in tqdm(parts, desc="load faiss", unit="part", disable=None):
+            if max_rows and rows >= max_rows:
+                break
+            h3, lat, lng, vectors = _part_arrays(bucket.download(key), max_rows - rows if max_rows else 1 << 62)
+            if rows == 0:
+                store.create(vectors.shape[1], wipe=True)
+            rows += store.upsert(h3, lat, lng, vectors)
+        store.finish_load(sources=sources, model=name, h3_resolution=h3_resolution)
+        count = store.count()
+        store.close()
+        for file in INDEX_FILES:  # metadata.json last: its presence means the index beside it is whole
+            bucket.upload(Path(tmp) / file, prefix + file)
+    return {"store": "faiss", "collection": prefix, "count": count, "parts_loaded": len(parts),
+            "parts_skipped": 0, "rows_loaded": rows}  # fmt: skip
+
+
+def _checksum(bucket: Bucket, key: str) -> str:
+    """A part's content checksum (parts are small; this also warms the cache for the load)."""
+    return hashlib.sha256(bucket.download(key).read_bytes()).hexdigest()
