@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, all in the local bucket data/bucket:
 # synthetic land cover -> H3 stencil (00) -> training pairs (01) -> encoder
-# (02) -> embeddings of every land cell (03) -> evaluation on held-out ground (05).
+# (02) -> embeddings of every land cell (03) -> Qdrant, pgvector and FAISS (04)
+# -> evaluation on held-out ground (05).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./setup.sh
@@ -14,6 +15,7 @@ $py flows/00_h3_stencil_flow.py --no-pylint run --h3_resolution="$res"
 $py flows/01_preprocess_flow.py --no-pylint run --n_files=16 --n_jobs=2 --samples_per_file=2000
 $py flows/02_train_flow.py --no-pylint run --epochs=20
 $py flows/03_inference_flow.py --no-pylint run --h3_resolution="$res"
+$py flows/04_upload_flow.py --no-pylint run --h3_resolution="$res"
 $py flows/05_evaluate_flow.py --no-pylint run --h3_resolution="$res"
 
 bucket="${VG_BUCKET:-data/bucket}"
@@ -23,5 +25,6 @@ echo "  stencil:        $bucket/stencil/res$res.parquet"
 echo "  training pairs: $bucket/train/${VG_TRAIN_SET:-default}/ (manifest.json, part-*.npz)"
 echo "  model:          $bucket/models/${model%.keras}.keras (+ .json sidecar, .png diagnostics)"
 echo "  embeddings:     $bucket/embeddings/${model%.keras}/res$res/ (part-*.parquet, manifest.json)"
+echo "  stores:         ${VG_DATA_DIR:-data/stores}/ (Qdrant Edge, embedded PostgreSQL), $bucket/indexes/ (FAISS)"
 echo "  evaluation:     $bucket/reports/${model%.keras}/res$res/evaluation.json (+ .png)"
 echo "  rasters:        $bucket/rasters/ (the synthetic default)"

@@ -1,0 +1,143 @@
+"""Benchmark: the three vector stores side by side on clustered unit vectors.
+
+For N clustered unit vectors (real embeddings cluster; uniform noise would
+flatter nothing) at land-like locations, per store (Qdrant Edge, embedded
+PostgreSQL + pgvector, FAISS): load rate, index build time, recall@10 against
+exact search, single-threaded query latency p50/p99 unfiltered and with
+50 km and 1,000 km radius filters (and whether k rows came back whenever k
+exist), and disk per million vectors. Writes
+benchmarks/results/stores_d{D}_n{N}.json.
+
+    .venv/bin/python benchmarks/stores.py --n 1000000 --dim 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vectorgeo.land import is_land_by_mask
+from vectorgeo.sampling import random_points_in_bounds
+from vectorgeo.stores import GeoFilter, open_store
+
+BATCH = 100_000
+
+
+def land_points(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Points uniform by area over land (1 km mask), between 60 S and 75 N."""
+    lat, lng = np.empty(0), np.empty(0)
+    while lat.size < n:
+        a, b = random_points_in_bounds((-180, -60, 180, 75), 3 * n, rng)
+        keep = is_land_by_mask(a, b)
+        lat, lng = np.r_[lat, a[keep]], np.r_[lng, b[keep]]
+    return lat[:n], lng[:n]
+
+
+def clustered_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    centres = rng.normal(size=(256, dim))
+    v = centres[rng.integers(0, 256, n)] + 0.4 * rng.normal(size=(n, dim))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_top(vectors, lat, lng, q, k, geo):
+    scores = vectors @ q
+    if geo is not None:
+        idx = np.flatnonzero(geo.contains(lat, lng))
+        return idx[np.argsort(-scores[idx])[:k]], idx.size
+    return np.argpartition(-scores, k)[:k], len(scores)
+
+
+def dir_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--stores", default="qdrant,pgvector,faiss")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    lat, lng = land_points(args.n, rng)
+    vectors = clustered_vectors(args.n, args.dim, rng)
+    h3 = np.arange(1, args.n + 1, dtype=np.uint64) + np.uint64(6 * 10**17)
+    pick = rng.choice(args.n, args.queries, replace=False)
+    queries = vectors[pick] + 0.05 * rng.normal(size=(args.queries, args.dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    filters = {
+        "none": [None] * args.queries,
+        "radius_50km": [GeoFilter(lat=float(lat[i]), lng=float(lng[i]), radius_km=50.0) for i in pick],
+        "radius_1000km": [GeoFilter(lat=float(lat[i]), lng=float(lng[i]), radius_km=1000.0) for i in pick],
+    }
+    results = {}
+    for kind in args.stores.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"vg-bench-{kind}-") as tmp:
+            store = open_store(kind, "bench", data_dir=tmp)
+            store.create(args.dim, wipe=True)
+            started = time.perf_counter()
+            for s in range(0, args.n, BATCH):
+                store.upsert(h3[s : s + BATCH], lat[s : s + BATCH], lng[s : s + BATCH], vectors[s : s + BATCH])
+            load_s = time.perf_counter() - started
+            started = time.perf_counter()
+            store.finish_load()
+            build_s = time.perf_counter() - started
+            row = {"load_rows_per_s": round(args.n / load_s), "index_build_s": round(build_s, 1)}
+            for name, geos in filters.items():
+                latencies, recalls, short = [], [], 0
+                for q, geo in zip(queries, geos, strict=True):
+                    t = time.perf_counter()
+                    got = store.search(q, 10, geo=geo)
+                    latencies.append((time.perf_counter() - t) * 1000)
+                    expected, n_ok = exact_top(vectors, lat, lng, q, 10, geo)
+                    short += len(got) < min(10, n_ok)
+                    hits = {m.h3 for m in got} & {int(h) for h in h3[expected]}
+                    recalls.append(len(hits) / max(1, min(10, n_ok)))
+                row[name] = {
+                    "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                    "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+                    "recall_at_10": round(float(np.mean(recalls)), 4),
+                    "queries_short_of_k": short,
+                }
+            store.close()
+            row["disk_mb_per_million"] = round(dir_size_mb(Path(tmp)) * 1e6 / args.n, 1)
+            shutil.rmtree(tmp, ignore_errors=True)
+        results[kind] = row
+        print(f"{kind}: {json.dumps(row)}", flush=True)
+
+    metrics = [("load rows/s", lambda r: f"{r['load_rows_per_s']:,}"), ("index build s", lambda r: r["index_build_s"])]
+    for name in filters:
+        metrics += [
+            (f"{name} p50/p99 ms", lambda r, n=name: f"{r[n]['p50_ms']}/{r[n]['p99_ms']}"),
+            (f"{name} recall@10", lambda r, n=name: r[n]["recall_at_10"]),
+            (f"{name} short of k", lambda r, n=name: r[n]["queries_short_of_k"]),
+        ]
+    metrics.append(("disk MB per 1M", lambda r: r["disk_mb_per_million"]))
+    print(f"\nstores, {args.n:,} clustered unit vectors, dim {args.dim}, {args.queries} queries, single-threaded")
+    print(f"{'':26}" + "".join(f"{k:>18}" for k in results))
+    for label, fn in metrics:
+        print(f"{label:26}" + "".join(f"{fn(r)!s:>18}" for r in results.values()))
+    out = Path(__file__).parent / "results" / f"stores_d{args.dim}_n{args.n}.json"
+    meta = {
+        "n": args.n,
+        "dim": args.dim,
+        "queries": args.queries,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    out.write_text(json.dumps({**meta, "stores": results}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
