@@ -7,7 +7,7 @@ pgvector, FAISS files, and qdrant-client's in-process mode.
 import numpy as np
 import pytest
 
-from vectorgeo.errors import InvalidInputError, NotFoundError
+from vectorgeo.errors import InvalidInputError, NotFoundError, StoreUnavailableError
 from vectorgeo.stores import GeoFilter, VectorStore, open_store
 
 N, DIM = 3000, 16
@@ -100,3 +100,17 @@ def test_scores_are_comparable_across_stores(store, data):
 def test_unknown_store():
     with pytest.raises(InvalidInputError, match="unknown store 'milvus'"):
         open_store("milvus", "x", data_dir="/tmp")
+
+
+def test_unreachable_servers_raise_one_clear_error():
+    with pytest.raises(StoreUnavailableError, match=r"cannot reach Qdrant at http://127\.0\.0\.1:9"):
+        open_store("qdrant", "x", data_dir="/tmp", qdrant_url="http://127.0.0.1:9")
+    with pytest.raises(StoreUnavailableError, match=r"cannot connect to PostgreSQL at 127\.0\.0\.1:9/db") as info:
+        open_store("pgvector", "x", data_dir="/tmp", database_url="postgresql://user:secret@127.0.0.1:9/db")
+    assert "secret" not in str(info.value)
+
+
+def test_a_missing_collection_is_named(tmp_path):
+    store = open_store("qdrant", "never_created", data_dir=tmp_path)
+    with pytest.raises(NotFoundError, match="create"):
+        store.search(np.ones(DIM, np.float32), 3)

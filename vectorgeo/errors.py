@@ -57,3 +57,7 @@ class ServerStartError(VectorGeoError, RuntimeError):
 
 class NotConfirmedError(VectorGeoError, PermissionError):
     """A destructive action (wiping a table) was not confirmed."""
+
+
+class StoreUnavailableError(VectorGeoError, ConnectionError):
+    """A vector-store server cannot be reached; the message names it (never its credentials)."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vectorgeo.errors import InvalidInputError, NotConfirmedError, NotFoundError, VectorGeoError
+from vectorgeo.errors import InvalidInputError, NotConfirmedError, NotFoundError, StoreUnavailableError
 from vectorgeo.geodesy import EARTH_RADIUS_M
 from vectorgeo.stores.base import GeoFilter, Match
 
@@ -152,7 +152,7 @@ class PgVectorStore:
         max_scan_tuples: Cap on tuples an iterative HNSW scan visits before giving up (then exact).
 
     Raises:
-        VectorGeoError: The server cannot be reached (the message names the host).
+        StoreUnavailableError: The server cannot be reached (the message names the host).
     """
 
     def __init__(
@@ -178,7 +178,7 @@ class PgVectorStore:
             self._conn: psycopg.Connection = psycopg.connect(url, autocommit=True, prepare_threshold=None)
         except psycopg.OperationalError as err:
             host = url.split("@")[-1].split("?")[0]  # never log credentials
-            raise VectorGeoError(
+            raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {host}: {err}; check DATABASE_URL or start the embedded server"
             ) from err
         self._dim: int | None = None

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vectorgeo.errors import InvalidInputError, NotFoundError
+from vectorgeo.errors import InvalidInputError, NotFoundError, StoreUnavailableError
 from vectorgeo.stores.base import GeoFilter, Match
 
 if TYPE_CHECKING:
@@ -69,7 +69,10 @@ def connect_qdrant(url: str | None, api_key: str | None = None) -> QdrantClient 
         api_key: API key (``QDRANT_API_KEY``), or None.
 
     Returns:
-        A ``QdrantClient``, or None. The client does not connect until first used.
+        A ``QdrantClient`` that has answered once, or None.
+
+    Raises:
+        StoreUnavailableError: the server does not answer (the message names the URL, not the key).
     """
     if not url:
         return None
@@ -77,7 +80,15 @@ def connect_qdrant(url: str | None, api_key: str | None = None) -> QdrantClient 
 
     if url == ":memory:":
         return QdrantClient(":memory:")
-    return QdrantClient(url=url, api_key=api_key)
+    client = QdrantClient(url=url, api_key=api_key, timeout=10)
+    try:
+        client.get_collections()
+    except Exception as exc:
+        raise StoreUnavailableError(
+            f"cannot reach Qdrant at {url}: {type(exc).__name__}: {exc}; check QDRANT_URL / QDRANT_API_KEY, "
+            "or unset QDRANT_URL to use the embedded Qdrant Edge"
+        ) from exc
+    return client
 
 
 # --- validation and filters shared by both adapters -------------------------------------------------------------
