@@ -30,21 +30,32 @@ class InferenceFlow(RasterFlow):
     )
     qdrant_collection = Parameter(
         "qdrant_collection",
-        help="NOT BUILT YET: accepted now, ignored until the vector-store issue lands (then upserts as it goes)",
+        help="Also upsert each part into this Qdrant collection as it is written (QDRANT_URL, else Qdrant Edge "
+        "in VG_DATA_DIR, which needs --n_workers=1); empty = no upsert (flow 04 loads the stores)",
         default="",
     )
-    wipe_qdrant = Parameter("wipe_qdrant", help="NOT BUILT YET: accepted now, ignored", type=bool, default=False)
+    wipe_qdrant = Parameter("wipe_qdrant", help="Drop that collection first", type=bool, default=False)
     dem = Parameter(
         "dem",
         help="DEM: local path or bucket key; empty = synthetic DEM with synthetic land cover",
         default=constants.DEM,
     )
 
+    def _qdrant(self) -> dict | None:
+        """Where to upsert as parts are written; built per step, never kept as an artifact (it holds the API key)."""
+        if not self.qdrant_collection:
+            return None
+        return {
+            "collection": self.qdrant_collection,
+            "data_dir": constants.DATA_DIR,
+            "url": constants.QDRANT_URL,
+            "api_key": constants.QDRANT_API_KEY,
+            "wipe": self.wipe_qdrant,
+        }
+
     @step
     def start(self):
         """Check model, legend and stencil once; split the work."""
-        if self.qdrant_collection or self.wipe_qdrant:
-            print("note: --qdrant_collection/--wipe_qdrant are not built yet and are ignored")
         with user_errors():
             self.workers = plan_inference(
                 self.step_bucket("start"),
@@ -56,6 +67,7 @@ class InferenceFlow(RasterFlow):
                 legend=self.legend,
                 landcover=self.landcover,
                 synthetic_seed=self.synthetic_seed,
+                qdrant=self._qdrant(),
             )
         self.n_parts = sum(len(w) for w in self.workers)
         self.next(self.infer, foreach="workers")
@@ -76,6 +88,7 @@ class InferenceFlow(RasterFlow):
                 dem=self.dem,
                 legend=self.legend,
                 synthetic_seed=self.synthetic_seed,
+                qdrant=self._qdrant(),
             )
         self.next(self.join)
 
@@ -91,6 +104,7 @@ class InferenceFlow(RasterFlow):
                 model_filename=self.model_filename,
                 h3_resolution=self.h3_resolution,
                 n_parts=self.n_parts,
+                qdrant=self._qdrant(),
             )
         current.card.extend(inference_card(self.manifest))
         self.next(self.end)

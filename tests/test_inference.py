@@ -114,3 +114,13 @@ def test_slicing_and_batching_do_not_change_the_answer(scene, use_dem):
     np.testing.assert_array_equal(one.valid, many.valid)
     np.testing.assert_allclose(one.embeddings, many.embeddings, atol=1e-5)
     np.testing.assert_allclose(one.mean_elevation_m, many.mean_elevation_m)
+
+
+def test_a_broken_model_writes_nothing(scene):
+    lc_path, _, _ = scene
+    encoder = build_encoder(
+        EncoderConfig(n_classes=LC.n_classes, patch_px=8, embed_dim=4, num_filters=4, n_conv_blocks=1)
+    )
+    encoder.set_weights([np.full(w.shape, np.nan, np.float32) for w in encoder.get_weights()])
+    with open_raster(lc_path) as lc, pytest.raises(InvalidInputError, match="non-finite embeddings"):
+        embed_cells(encoder, lc, LC, *_centres([10, 30], [10, 20]), patch_px=8)

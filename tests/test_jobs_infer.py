@@ -25,9 +25,11 @@ def setup(tmp_path, write_raster):
     raster = write_raster(codes, west=-123.5, north=44.8)
     bucket = Bucket(tmp_path / "bucket", tmp_path / "cache")
     make_stencil(bucket, h3_resolution=8, landcover=str(raster))
+    import keras
+
     for name, seed in (("m", 0), ("other", 1)):
+        keras.utils.set_random_seed(seed)  # two different (untrained) models
         encoder = build_encoder(EncoderConfig(n_classes=23, patch_px=8, embed_dim=4, num_filters=4, n_conv_blocks=1))
-        encoder.set_weights([np.random.default_rng(seed).normal(size=w.shape) for w in encoder.get_weights()])
         model_path, sidecar_path = save_model(
             encoder, tmp_path / f"{name}.keras", {"legend": LC.to_dict(), "pixel_size_m": 98}
         )
@@ -42,8 +44,8 @@ def _plan(bucket, settings, model="m.keras", **over):
     return plan_inference(bucket, legend="lc100", landcover=settings["landcover"], **{**options, **over})
 
 
-def _run(bucket, settings, parts, model="m.keras"):
-    return run_inference(bucket, parts, model_filename=model, batch_size=64, **settings)
+def _run(bucket, settings, parts, model="m.keras", qdrant=None):
+    return run_inference(bucket, parts, model_filename=model, batch_size=64, qdrant=qdrant, **settings)
 
 
 def test_resume_after_a_kill_gives_one_row_per_valid_cell(setup, monkeypatch):
@@ -154,3 +156,23 @@ def test_plan_refuses_an_empty_stencil(setup, tmp_path):
     bucket.upload(write_stencil(empty, tmp_path / "empty.parquet"), "stencil/res5.parquet")
     with pytest.raises(InvalidInputError, match="stencil at resolution 5 holds no cell"):
         _plan(bucket, settings, h3_resolution=5)
+
+
+def test_inference_upserts_into_qdrant_as_it_goes(setup, tmp_path):
+    bucket, settings = setup
+    qdrant = {"collection": "m_res8", "data_dir": tmp_path / "stores", "wipe": True}
+    [parts] = _plan(bucket, settings, max_iters=2, qdrant=qdrant)
+    first = _run(bucket, settings, parts[:1], qdrant=qdrant)  # a worker dies after one part...
+    result = _run(bucket, settings, parts, qdrant=qdrant)  # ...and the rerun reuses it, loading it again
+    assert [info["skipped"] for info in result["parts"].values()] == [True, False]
+    manifest = finish_inference(
+        bucket, [first, result], model_filename="m.keras", h3_resolution=8, n_parts=2, qdrant=qdrant
+    )
+    assert manifest["qdrant"]["count"] == manifest["n_embedded"] > 0
+
+
+def test_embedded_qdrant_needs_a_single_worker(setup, tmp_path):
+    bucket, settings = setup
+    qdrant = {"collection": "m_res8", "data_dir": tmp_path / "stores"}
+    with pytest.raises(InvalidInputError, match="--n_workers=1"):
+        _plan(bucket, settings, n_workers=2, qdrant=qdrant)

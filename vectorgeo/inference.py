@@ -40,6 +40,7 @@ __all__ = [
     "write_part",
     "read_part_metadata",
     "read_embeddings",
+    "read_part_arrays",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,9 +142,16 @@ def embed_cells(
                     embed(encoder, classes[:take], None if dems is None else dems[:take], batch_size=batch_size)
                 )
             carry, carry_dem = classes[take:], None if dems is None else dems[take:]
+    embeddings = np.concatenate(vectors) if vectors else np.empty((0, encoder.output_shape[-1]), dtype=np.float32)
+    if not np.isfinite(embeddings).all():
+        bad = int((~np.isfinite(embeddings).all(axis=1)).sum())
+        raise InvalidInputError(
+            f"the model gave non-finite embeddings for {bad} of {embeddings.shape[0]} cells; it is broken "
+            "(see its training diagnostics) and nothing was written"
+        )
     return CellEmbeddings(
         valid=np.concatenate([r.valid for r in prepared]),
-        embeddings=np.concatenate(vectors) if vectors else np.empty((0, encoder.output_shape[-1]), dtype=np.float32),
+        embeddings=embeddings,
         fractions=np.concatenate([r.fractions for r in prepared]),
         mean_elevation_m=np.concatenate([r.mean_elevation_m for r in prepared]),
     )
@@ -235,6 +243,15 @@ def read_part_metadata(path: str | Path) -> dict:
     """The ``vectorgeo`` metadata of a part (reads only the footer)."""
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"vectorgeo", b"{}"))
+
+
+def read_part_arrays(path: str | Path, limit: int = 1 << 62) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(h3 uint64, lat, lng, float32 (N, D) vectors)`` of a part's first ``limit`` rows, for loading stores."""
+    table = pq.read_table(path, columns=["h3", "lat", "lng", "embedding"])
+    table = table.slice(0, min(limit, table.num_rows))
+    n = table.num_rows
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(n, -1)
+    return table.column("h3").to_numpy(), table.column("lat").to_numpy(), table.column("lng").to_numpy(), vectors
 
 
 def read_embeddings(paths: list[str | Path]) -> pa.Table:

@@ -11,12 +11,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from vectorgeo.errors import IncompleteOutputError, InvalidInputError
-from vectorgeo.inference import assign_parts, embed_cells, embeddings_table, plan_parts, read_part_metadata, write_part
+from vectorgeo.inference import (
+    assign_parts,
+    embed_cells,
+    embeddings_table,
+    plan_parts,
+    read_part_arrays,
+    read_part_metadata,
+    write_part,
+)
 from vectorgeo.jobs.stencil import stencil_key
 from vectorgeo.jobs.train import model_keys, model_name, read_sidecar
 from vectorgeo.raster import open_raster, pixel_size_m
 from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.stencil import check_resolution
+from vectorgeo.stores import open_store
 
 __all__ = ["part_key", "plan_inference", "run_inference", "finish_inference"]
 
@@ -63,8 +72,13 @@ def plan_inference(
     legend: str,
     landcover: str = "",
     synthetic_seed: int = 0,
+    qdrant: dict | None = None,
 ) -> list[list[dict]]:
     """Check model, legend, pixel size and stencil once; split the stencil into parts per worker.
+
+    Args:
+        qdrant: Upsert into Qdrant as parts are written: ``collection``, ``data_dir``,
+            ``url``, ``api_key``, ``wipe``. The collection is created (or wiped) here, once.
 
     Returns:
         One list of part specs (``part``, ``start``, ``stop``) per worker.
@@ -92,6 +106,14 @@ def plan_inference(
     parts = plan_parts(n_cells, chunk_size)
     if max_iters > 0:
         parts = parts[:max_iters]
+    if qdrant:
+        if not qdrant.get("url") and min(n_workers, len(parts)) > 1:
+            raise InvalidInputError(
+                "the embedded Qdrant Edge takes one process at a time: with --qdrant_collection pass --n_workers=1, "
+                "set QDRANT_URL to a server, or load the stores afterwards with flows/04_upload_flow.py"
+            )
+        with _qdrant_sink(qdrant) as store:
+            store.create(int(sidecar["embed_dim"]), wipe=bool(qdrant.get("wipe")))
     specs = [{"part": i, "start": start, "stop": stop} for i, (start, stop) in enumerate(parts)]
     return [[specs[i] for i in worker] for worker in assign_parts(len(specs), n_workers)]
 
@@ -107,11 +129,14 @@ def run_inference(
     dem: str,
     legend: str,
     synthetic_seed: int,
+    qdrant: dict | None = None,
 ) -> dict:
     """Embed this worker's parts; parts already written by this model are skipped.
 
     A part counts as done when its key exists (writes are atomic, so it is
     whole) and its metadata names this model file's checksum and row range.
+    With ``qdrant`` (see :func:`plan_inference`) every part, new or reused,
+    is also upserted into that collection (idempotent, keyed by H3 id).
 
     Returns:
         ``{"parts": {key: {"n_cells", "n_valid", "n_invalid", "skipped"}}}``.
@@ -136,6 +161,10 @@ def run_inference(
             done[key] = {**meta["counts"], "skipped": True}
         else:
             todo.append((key, spec))
+    if qdrant:
+        with _qdrant_sink(qdrant) as store:
+            for key in done:
+                store.upsert(*read_part_arrays(bucket.download(key)))
     if not todo:
         return {"parts": done}
     encoder, sidecar = load_model(model_path)
@@ -162,6 +191,9 @@ def run_inference(
             meta = {"model": name, "model_sha256": checksum, "h3_resolution": h3_resolution, **spec, "counts": counts}
             path = write_part(embeddings_table(h3, lat, lng, cells, name), Path(tmp) / "part.parquet", meta)
             bucket.upload(path, key)
+            if qdrant:
+                with _qdrant_sink(qdrant) as store:
+                    store.upsert(*read_part_arrays(path))
             done[key] = {**counts, "skipped": False}
             logger.info(
                 "wrote %s: %d cells embedded, %d invalid patches skipped", key, counts["n_valid"], counts["n_invalid"]
@@ -169,8 +201,10 @@ def run_inference(
     return {"parts": done}
 
 
-def finish_inference(bucket, results: list[dict], *, model_filename: str, h3_resolution: int, n_parts: int) -> dict:
-    """Check every planned part exists and write the embeddings manifest.
+def finish_inference(
+    bucket, results: list[dict], *, model_filename: str, h3_resolution: int, n_parts: int, qdrant: dict | None = None
+) -> dict:
+    """Check every planned part exists and write the embeddings manifest (and finish the Qdrant load).
 
     Raises:
         InvalidInputError: when a part is missing.
@@ -194,5 +228,22 @@ def finish_inference(bucket, results: list[dict], *, model_filename: str, h3_res
         "n_parts_skipped": sum(p["skipped"] for p in parts.values()),
         "parts": sorted(parts),
     }
+    if qdrant:
+        with _qdrant_sink(qdrant) as store:
+            store.finish_load()
+            manifest["qdrant"] = {"collection": qdrant["collection"], "count": store.count()}
     bucket.write_json(f"embeddings/{name}/res{h3_resolution}/manifest.json", manifest)
     return manifest
+
+
+@contextlib.contextmanager
+def _qdrant_sink(qdrant: dict):
+    """The Qdrant collection that inference upserts into, opened for one use and closed after."""
+    store = open_store(
+        "qdrant", qdrant["collection"], data_dir=qdrant["data_dir"], qdrant_url=qdrant.get("url"),
+        qdrant_api_key=qdrant.get("api_key"),
+    )  # fmt: skip
+    try:
+        yield store
+    finally:
+        store.close()

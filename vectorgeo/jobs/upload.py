@@ -8,11 +8,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError
+from vectorgeo.inference import read_part_arrays
 from vectorgeo.jobs.train import model_name
 from vectorgeo.stores import STORE_KINDS, open_store
 from vectorgeo.transfer import Bucket
@@ -47,15 +46,6 @@ def plan_upload(bucket: Bucket, *, stores: str, model_filename: str, h3_resoluti
     if manifest["n_embedded"] == 0:
         raise InvalidInputError(f"the embeddings at resolution {h3_resolution} hold no cell: nothing to load")
     return list(dict.fromkeys(kinds))
-
-
-def _part_arrays(path: Path, limit: int) -> tuple[np.ndarray, ...]:
-    table = pq.read_table(path, columns=["h3", "lat", "lng", "embedding"])
-    if limit < table.num_rows:
-        table = table.slice(0, limit)
-    n = table.num_rows
-    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(n, -1)
-    return (table.column("h3").to_numpy(), table.column("lat").to_numpy(), table.column("lng").to_numpy(), vectors)
 
 
 def load_store(
@@ -98,7 +88,7 @@ def load_store(
         database_url=database_url,
     )  # fmt: skip
     try:
-        dim = int(_part_arrays(bucket.download(parts[0]), 1)[3].shape[1])
+        dim = int(read_part_arrays(bucket.download(parts[0]), 1)[3].shape[1])
         store.create(dim, wipe=wipe)
         if store.count() == 0:
             done = {}  # the store was emptied or recreated: the record of past loads is stale
@@ -109,7 +99,7 @@ def load_store(
                 continue
             if max_rows and rows >= max_rows:
                 break
-            h3, lat, lng, vectors = _part_arrays(bucket.download(key), max_rows - rows if max_rows else 1 << 62)
+            h3, lat, lng, vectors = read_part_arrays(bucket.download(key), max_rows - rows if max_rows else 1 << 62)
             rows += store.upsert(h3, lat, lng, vectors)
             loaded += 1
             done[key] = sources[key]
@@ -143,7 +133,7 @@ def _load_faiss(
         for key in tqdm(parts, desc="load faiss", unit="part", disable=None):
             if max_rows and rows >= max_rows:
                 break
-            h3, lat, lng, vectors = _part_arrays(bucket.download(key), max_rows - rows if max_rows else 1 << 62)
+            h3, lat, lng, vectors = read_part_arrays(bucket.download(key), max_rows - rows if max_rows else 1 << 62)
             if rows == 0:
                 store.create(vectors.shape[1], wipe=True)
             rows += store.upsert(h3, lat, lng, vectors)
