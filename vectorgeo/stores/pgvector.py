@@ -118,6 +118,16 @@ def copy_binary_rows(h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: 
     return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
 
 
+def _copy_binary(cur: Any, table: Any, stream: bytes) -> None:
+    """Send a binary COPY stream into ``table`` (a ``sql.Identifier``) in chunks."""
+    from psycopg import sql
+
+    with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(table)) as copy:
+        view = memoryview(stream)
+        for start in range(0, len(view), _COPY_CHUNK_BYTES):
+            copy.write(view[start : start + _COPY_CHUNK_BYTES])
+
+
 def _radius_bbox(lat: float, lng: float, radius_km: float) -> tuple[float, float, float, float]:
     """A (west, south, east, north) box holding the spherical cap; west > east when it crosses 180."""
     delta = radius_km * 1000.0 / EARTH_RADIUS_M
@@ -241,7 +251,10 @@ class PgVectorStore:
     # -------------------------------------------------------------------- load
 
     def upsert(self, h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: np.ndarray) -> int:
-        """Insert or replace rows keyed by H3 id, through a binary COPY into a staging table.
+        """Insert or replace rows keyed by H3 id, by binary COPY.
+
+        New ids are copied straight into the table; when some already exist the
+        batch goes through a staging table and ``INSERT ... ON CONFLICT``.
 
         Args:
             h3: uint64 cell ids, shape ``(n,)``; a repeated id keeps its last row.
@@ -279,6 +292,8 @@ class PgVectorStore:
             keep = np.sort(n - 1 - last)
             h3, lat, lng, vectors = h3[keep], lat[keep], lng[keep], vectors[keep]
         stream = copy_binary_rows(h3, lat, lng, vectors)
+        if self._copy_straight_in(stream):
+            return len(h3)
         stage = self._ident("_stage")
         with self._conn.transaction():
             self._conn.execute(
@@ -288,10 +303,7 @@ class PgVectorStore:
                 ).format(stage)
             )
             with self._conn.cursor() as cur:
-                with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(stage)) as copy:
-                    view = memoryview(stream)
-                    for start in range(0, len(view), _COPY_CHUNK_BYTES):
-                        copy.write(view[start : start + _COPY_CHUNK_BYTES])
+                _copy_binary(cur, stage, stream)
                 cur.execute(
                     sql.SQL(
                         "INSERT INTO {} (h3, lat, lng, embedding) SELECT h3, lat, lng, embedding FROM {} "
@@ -304,6 +316,21 @@ class PgVectorStore:
                 )
                 logger.debug("upserted %d rows into %s (%d new or changed)", len(h3), self.table, cur.rowcount)
         return len(h3)
+
+    def _copy_straight_in(self, stream: bytes) -> bool:
+        """Bulk loads of new ids: COPY straight into the table, no staging (several times faster).
+
+        Returns False, having changed nothing, when some id already exists: the
+        caller then upserts through the staging table.
+        """
+        import psycopg
+
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                _copy_binary(cur, self._ident(), stream)
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
 
     def finish_load(self) -> None:
         """Build the HNSW cosine index and the ``(lat, lng)`` btree if missing, then ANALYZE.
