@@ -165,6 +165,21 @@ def _boxes(bbox: tuple[float, float, float, float]) -> list[tuple[float, float, 
     return [(top, max(lo - _BBOX_EPS_DEG, -180.0), bottom, min(hi + _BBOX_EPS_DEG, 180.0)) for lo, hi in pieces]
 
 
+_FILTERED_HNSW_EF = 128  # filtered graph searches visit more candidates; exact fallback covers the rest
+
+
+def _search_params(api: Any, hnsw_ef: int | None, *, filtered: bool) -> Any:
+    """Search parameters for qdrant-client's ``models`` or ``qdrant_edge`` (same names in both).
+
+    Filtered searches raise ``hnsw_ef`` and allow ACORN, which keeps recall up when a filter
+    removes most of the graph's neighbours.
+    """
+    if not filtered:
+        return api.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
+    ef = max(hnsw_ef or 0, _FILTERED_HNSW_EF)
+    return api.SearchParams(hnsw_ef=ef, acorn=api.AcornSearchParams(enable=True))
+
+
 def _ids(exclude: tuple[int, ...]) -> list[int]:
     return [int(i) for i in exclude]
 
@@ -346,15 +361,17 @@ class QdrantClientStore:
         from qdrant_client import models
 
         query = _validate_query(vector, k, self._require_dim())
-        params = models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
-        points = self.client.query_points(
-            self.collection,
-            query=query,
-            limit=int(k),
-            query_filter=self._filter(geo, exclude),
-            search_params=params,
-            with_payload=[LOCATION_FIELD],
-        ).points
+        query_filter = self._filter(geo, exclude)
+
+        def run(params: Any) -> list:
+            return self.client.query_points(
+                self.collection, query=query, limit=int(k), query_filter=query_filter, search_params=params,
+                with_payload=[LOCATION_FIELD],
+            ).points  # fmt: skip
+
+        points = run(_search_params(models, self.hnsw_ef, filtered=query_filter is not None))
+        if query_filter is not None and len(points) < k:  # a filtered graph search can fall short: scan exactly
+            points = run(models.SearchParams(exact=True))
         return [
             Match(
                 h3=int(p.id),
@@ -570,17 +587,23 @@ class QdrantEdgeStore:
         self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
     ) -> list[Match]:
         """The ``k`` most similar cells by cosine (best first), optionally inside ``geo``, never in ``exclude``."""
+        import qdrant_edge
         from qdrant_edge import Query, QueryRequest, SearchParams
 
         shard, dim = self._require()
         query = _validate_query(vector, k, dim)
-        request = QueryRequest(
-            limit=int(k),
-            query=Query.Nearest(query),
-            filter=self._filter(geo, exclude),
-            params=SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None,
-            with_payload=[LOCATION_FIELD],
-        )
+        query_filter = self._filter(geo, exclude)
+
+        def run(params: Any) -> list:
+            request = QueryRequest(
+                limit=int(k), query=Query.Nearest(query), filter=query_filter, params=params,
+                with_payload=[LOCATION_FIELD],
+            )  # fmt: skip
+            return shard.query(request)
+
+        points = run(_search_params(qdrant_edge, self.hnsw_ef, filtered=query_filter is not None))
+        if query_filter is not None and len(points) < k:  # a filtered graph search can fall short: scan exactly
+            points = run(SearchParams(exact=True))
         return [
             Match(
                 h3=int(p.id),
@@ -588,7 +611,7 @@ class QdrantEdgeStore:
                 lat=p.payload[LOCATION_FIELD]["lat"],
                 lng=p.payload[LOCATION_FIELD]["lon"],
             )
-            for p in shard.query(request)
+            for p in points
         ]
 
     def fetch(self, h3: int) -> tuple[np.ndarray, float, float]:
