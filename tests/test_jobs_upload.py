@@ -90,3 +90,22 @@ def test_plan_checks_stores_and_embeddings(bucket):
         plan_upload(bucket, stores="milvus", model_filename="m.keras", h3_resolution=7)
     with pytest.raises(InvalidInputError, match="no embeddings of model 'm' at resolution 8"):
         plan_upload(bucket, stores="faiss", model_filename="m.keras", h3_resolution=8)
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "faiss"])
+def test_a_capped_load_is_not_mistaken_for_a_full_one(bucket, tmp_path, kind):
+    capped = _load(bucket, kind, tmp_path / "stores", max_rows=100)
+    assert capped["count"] == 100
+    full = _load(bucket, kind, tmp_path / "stores")
+    assert full["count"] == N_PARTS * PER_PART
+
+
+def test_a_part_with_no_valid_cell_loads_as_nothing(bucket, tmp_path):
+    empty = CellEmbeddings(np.zeros(0, bool), np.zeros((0, DIM), np.float32), np.zeros((0, 2), np.float32), np.zeros(0))
+    table = embeddings_table(np.zeros(0, np.uint64), np.zeros(0), np.zeros(0), empty, "m")
+    bucket.upload(write_part(table, tmp_path / "empty.parquet", {}), "embeddings/m/res7/part-00003.parquet")
+    manifest = bucket.read_json("embeddings/m/res7/manifest.json")
+    manifest["parts"].append("embeddings/m/res7/part-00003.parquet")
+    bucket.write_json("embeddings/m/res7/manifest.json", manifest)
+    for kind in ("qdrant", "faiss"):
+        assert _load(bucket, kind, tmp_path / "stores")["count"] == N_PARTS * PER_PART

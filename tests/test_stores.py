@@ -108,6 +108,9 @@ def test_unreachable_servers_raise_one_clear_error():
     with pytest.raises(StoreUnavailableError, match=r"cannot connect to PostgreSQL at 127\.0\.0\.1:9/db") as info:
         open_store("pgvector", "x", data_dir="/tmp", database_url="postgresql://user:secret@127.0.0.1:9/db")
     assert "secret" not in str(info.value)
+    with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1:9/db") as info:  # key=value DSNs too
+        open_store("pgvector", "x", data_dir="/tmp", database_url="host=127.0.0.1 port=9 dbname=db password=secret")
+    assert "secret" not in str(info.value)
 
 
 def test_a_missing_collection_is_named(tmp_path):

@@ -249,8 +249,9 @@ def read_part_arrays(path: str | Path, limit: int = 1 << 62) -> tuple[np.ndarray
     """``(h3 uint64, lat, lng, float32 (N, D) vectors)`` of a part's first ``limit`` rows, for loading stores."""
     table = pq.read_table(path, columns=["h3", "lat", "lng", "embedding"])
     table = table.slice(0, min(limit, table.num_rows))
-    n = table.num_rows
-    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(n, -1)
+    dim = table.schema.field("embedding").type.list_size  # known even for a part with no valid cell
+    flat = table.column("embedding").combine_chunks().flatten() if table.num_rows else []
+    vectors = np.asarray(flat, dtype=np.float32).reshape(table.num_rows, dim)
     return table.column("h3").to_numpy(), table.column("lat").to_numpy(), table.column("lng").to_numpy(), vectors
 
 

@@ -164,7 +164,7 @@ def run_inference(
     if qdrant:
         with _qdrant_sink(qdrant) as store:
             for key in done:
-                store.upsert(*read_part_arrays(bucket.download(key)))
+                _upsert_part(store, bucket.download(key))
     if not todo:
         return {"parts": done}
     encoder, sidecar = load_model(model_path)
@@ -193,7 +193,7 @@ def run_inference(
             bucket.upload(path, key)
             if qdrant:
                 with _qdrant_sink(qdrant) as store:
-                    store.upsert(*read_part_arrays(path))
+                    _upsert_part(store, path)
             done[key] = {**counts, "skipped": False}
             logger.info(
                 "wrote %s: %d cells embedded, %d invalid patches skipped", key, counts["n_valid"], counts["n_invalid"]
@@ -234,6 +234,13 @@ def finish_inference(
             manifest["qdrant"] = {"collection": qdrant["collection"], "count": store.count()}
     bucket.write_json(f"embeddings/{name}/res{h3_resolution}/manifest.json", manifest)
     return manifest
+
+
+def _upsert_part(store, path: Path) -> None:
+    """Upsert one embeddings part into a store (a part with no valid cell adds nothing)."""
+    h3, lat, lng, vectors = read_part_arrays(path)
+    if len(h3):
+        store.upsert(h3, lat, lng, vectors)
 
 
 @contextlib.contextmanager

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError
@@ -81,8 +83,14 @@ def load_store(
     if kind == "faiss":
         return _load_faiss(bucket, name, h3_resolution, parts, sources, data_dir, max_rows)
 
-    progress_path = data_dir / "progress" / f"{kind}-{collection}.json"
-    done = {} if wipe or not progress_path.is_file() else json.loads(progress_path.read_text())
+    target = (
+        qdrant_url if kind == "qdrant" and qdrant_url else database_url if kind == "pgvector" and database_url else ""
+    )
+    identity = hashlib.sha256(
+        f"{kind}|{_without_secrets(target) or data_dir.resolve()}|{collection}".encode()
+    ).hexdigest()
+    progress_path = data_dir / "progress" / f"{kind}-{collection}-{identity[:12]}.json"
+    done = {} if wipe or not progress_path.is_file() else _read_progress(progress_path)
     store = open_store(
         kind, collection, data_dir=data_dir, qdrant_url=qdrant_url, qdrant_api_key=qdrant_api_key,
         database_url=database_url,
@@ -100,11 +108,13 @@ def load_store(
             if max_rows and rows >= max_rows:
                 break
             h3, lat, lng, vectors = read_part_arrays(bucket.download(key), max_rows - rows if max_rows else 1 << 62)
-            rows += store.upsert(h3, lat, lng, vectors)
+            whole = len(h3) == pq.read_metadata(bucket.download(key)).num_rows
+            if len(h3):
+                rows += store.upsert(h3, lat, lng, vectors)
             loaded += 1
-            done[key] = sources[key]
-            progress_path.parent.mkdir(parents=True, exist_ok=True)
-            progress_path.write_text(json.dumps(done))
+            if whole:  # a part cut short by max_rows is not done: a later full run loads it again
+                done[key] = sources[key]
+                _write_progress(progress_path, done)
         store.finish_load()
         count = store.count()
     finally:
@@ -122,7 +132,7 @@ def _load_faiss(
     prefix = index_prefix(name, h3_resolution)
     meta = bucket.read_json(prefix + "metadata.json") if bucket.exists(prefix + "metadata.json") else {}
     whole = all(bucket.exists(prefix + file) for file in INDEX_FILES)
-    if meta.get("sources") == sources and whole and not max_rows:
+    if meta.get("sources") == sources and meta.get("max_rows") is None and whole and not max_rows:
         logger.info("faiss index %s already matches its %d source parts: not rebuilt", prefix, len(parts))
         return {"store": "faiss", "collection": prefix, "count": meta["count"], "parts_loaded": 0,
                 "parts_skipped": len(parts), "rows_loaded": 0}  # fmt: skip
@@ -136,14 +146,43 @@ def _load_faiss(
             h3, lat, lng, vectors = read_part_arrays(bucket.download(key), max_rows - rows if max_rows else 1 << 62)
             if rows == 0:
                 store.create(vectors.shape[1], wipe=True)
-            rows += store.upsert(h3, lat, lng, vectors)
-        store.finish_load(sources=sources, model=name, h3_resolution=h3_resolution)
+            if len(h3):
+                rows += store.upsert(h3, lat, lng, vectors)
+        # a capped build names no sources, so it is never mistaken for the full index
+        store.finish_load(sources=None if max_rows else sources, model=name, h3_resolution=h3_resolution)
         count = store.count()
         store.close()
+        bucket.delete(prefix + "metadata.json")  # readers see no index while files change, never a mix
         for file in INDEX_FILES:  # metadata.json last: its presence means the index beside it is whole
             bucket.upload(Path(tmp) / file, prefix + file)
     return {"store": "faiss", "collection": prefix, "count": count, "parts_loaded": len(parts),
             "parts_skipped": 0, "rows_loaded": rows}  # fmt: skip
+
+
+def _without_secrets(url: str) -> str:
+    """A server URL or DSN reduced to what identifies the server (never a password or key)."""
+    if not url:
+        return ""
+    if "://" in url:
+        rest = url.split("://", 1)[1]
+        return url.split("://", 1)[0] + "://" + rest.split("@")[-1].split("?")[0]
+    fields = dict(part.split("=", 1) for part in url.split() if "=" in part)
+    return " ".join(f"{k}={fields[k]}" for k in ("host", "port", "dbname") if k in fields)
+
+
+def _read_progress(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        logger.warning("load progress %s is unreadable; loading every part again (loads are idempotent)", path)
+        return {}
+
+
+def _write_progress(path: Path, done: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(done))
+    os.replace(tmp, path)
 
 
 def _checksum(bucket: Bucket, key: str) -> str:

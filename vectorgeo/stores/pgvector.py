@@ -118,6 +118,17 @@ def copy_binary_rows(h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: 
     return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
 
 
+def _server_of(url: str) -> str:
+    """``host:port/dbname`` of a URL or key=value DSN: enough to name the server, never its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except Exception:
+        return "(unparsable connection string)"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
 def _copy_binary(cur: Any, table: Any, stream: bytes) -> None:
     """Send a binary COPY stream into ``table`` (a ``sql.Identifier``) in chunks."""
     from psycopg import sql
@@ -187,7 +198,7 @@ class PgVectorStore:
         try:
             self._conn: psycopg.Connection = psycopg.connect(url, autocommit=True, prepare_threshold=None)
         except psycopg.OperationalError as err:
-            host = url.split("@")[-1].split("?")[0]  # never log credentials
+            host = _server_of(url)  # never log credentials
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {host}: {err}; check DATABASE_URL or start the embedded server"
             ) from err
