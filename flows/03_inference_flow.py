@@ -7,7 +7,7 @@ writes ``embeddings/{name}/res{R}/part-{i}.parquet`` and a manifest.
 from metaflow import Parameter, card, current, resources, retry, step
 
 import constants
-from flow_support import RasterFlow, user_errors
+from flow_support import RasterFlow, store_servers, user_errors
 from vectorgeo.cards import inference_card
 from vectorgeo.jobs.infer import finish_inference, plan_inference, run_inference
 
@@ -45,11 +45,12 @@ class InferenceFlow(RasterFlow):
         """Where to upsert as parts are written; built per step, never kept as an artifact (it holds the API key)."""
         if not self.qdrant_collection:
             return None
+        servers = store_servers(["qdrant"])
         return {
             "collection": self.qdrant_collection,
-            "data_dir": constants.DATA_DIR,
-            "url": constants.QDRANT_URL,
-            "api_key": constants.QDRANT_API_KEY,
+            "data_dir": servers["data_dir"],
+            "url": servers["qdrant_url"],
+            "api_key": servers["qdrant_api_key"],
             "wipe": self.wipe_qdrant,
         }
 

@@ -11,7 +11,7 @@ import re
 from metaflow import Parameter, card, current, resources, retry, step
 
 import constants
-from flow_support import VectorGeoFlow, user_errors
+from flow_support import VectorGeoFlow, VectorGeoFlowError, store_servers, user_errors
 from vectorgeo.cards import upload_card
 from vectorgeo.jobs.train import model_name
 from vectorgeo.jobs.upload import load_store, plan_upload
@@ -33,9 +33,9 @@ class UploadFlow(VectorGeoFlow):
     wipe_qdrant = Parameter("wipe_qdrant", help="Drop the Qdrant collection before loading", type=bool, default=False)
     wipe_existing = Parameter(
         "wipe_existing",
-        help="DESTRUCTIVE: drop and recreate the pgvector table before loading (scripts/setup_pgvector.py asks first)",
-        type=bool,
-        default=False,
+        help="DESTRUCTIVE: drop and recreate the pgvector table first; give the table's name as the value to confirm "
+        "(--wipe_existing=demo_res7)",
+        default="",
     )
     max_rows_upload = Parameter(
         "max_rows_upload", help="Load at most this many rows per store; 0 = all", type=int, default=0
@@ -56,8 +56,13 @@ class UploadFlow(VectorGeoFlow):
                 model_filename=self.model_filename,
                 h3_resolution=self.h3_resolution,
             )
+        if self.wipe_existing and self.wipe_existing != self._collection():
+            raise VectorGeoFlowError(
+                f"--wipe_existing drops a table and all its rows: to drop {self._collection()!r}, confirm by naming it "
+                f"(--wipe_existing={self._collection()}); got {self.wipe_existing!r}"
+            )
         if self.wipe_existing and "pgvector" in self.kinds:
-            print(f"WARNING: --wipe_existing drops the pgvector table {self._collection()!r} and all its rows")
+            print(f"WARNING: dropping the pgvector table {self._collection()!r} and all its rows before loading")
         self.next(self.load, foreach="kinds")
 
     @retry(times=2)
@@ -73,12 +78,9 @@ class UploadFlow(VectorGeoFlow):
                 model_filename=self.model_filename,
                 h3_resolution=self.h3_resolution,
                 collection=self._collection(),
-                data_dir=constants.DATA_DIR,
-                wipe=(kind == "qdrant" and self.wipe_qdrant) or (kind == "pgvector" and self.wipe_existing),
+                wipe=(kind == "qdrant" and self.wipe_qdrant) or (kind == "pgvector" and bool(self.wipe_existing)),
                 max_rows=self.max_rows_upload,
-                qdrant_url=constants.QDRANT_URL,
-                qdrant_api_key=constants.QDRANT_API_KEY,
-                database_url=constants.DATABASE_URL,
+                **store_servers([kind]),
             )
         self.next(self.join)
 

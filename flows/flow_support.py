@@ -52,14 +52,40 @@ class VectorGeoFlow(FlowSpec):
 
     def step_bucket(self, step_name: str) -> Bucket:
         """The run's bucket, with this machine's cache for this step."""
-        remote = any(os.environ.get(v) for v in ("AWS_BATCH_JOB_ID", "METAFLOW_KUBERNETES_POD_NAME"))
-        if remote and not str(self.bucket).startswith("s3://"):
+        if _runs_remotely() and not str(self.bucket).startswith("s3://"):
             raise VectorGeoFlowError(
                 f"this task runs remotely but --bucket is the local directory {self.bucket!r}; "
                 "pass --bucket=s3://bucket/prefix (or set VG_BUCKET) when using --with batch/kubernetes"
             )
         cache_dir = constants.CACHE_DIR.replace("{step}", step_name)
         return Bucket(self.bucket, cache_dir, endpoint_url=self.s3_endpoint_url or None, region=constants.AWS_REGION)
+
+
+def _runs_remotely() -> bool:
+    return any(os.environ.get(v) for v in ("AWS_BATCH_JOB_ID", "METAFLOW_KUBERNETES_POD_NAME"))
+
+
+def store_servers(kinds: list[str]) -> dict:
+    """Server settings for the stores a step writes, read here, in the task, never kept as artifacts.
+
+    A remote task does not inherit the launching shell's environment: provide
+    QDRANT_URL / QDRANT_API_KEY / DATABASE_URL to it (Metaflow ``@secrets``,
+    ``@environment`` or the image). It refuses to fall back to an embedded
+    store inside a throwaway container.
+    """
+    missing = [name for kind, name in (("qdrant", "QDRANT_URL"), ("pgvector", "DATABASE_URL")) if kind in kinds]
+    missing = [name for name in missing if not getattr(constants, name)]
+    if _runs_remotely() and missing:
+        raise VectorGeoFlowError(
+            f"this task runs remotely but {', '.join(missing)} is not set in its environment, so it would load an "
+            "embedded store inside a throwaway container; give the task the server settings (e.g. @secrets)"
+        )
+    return {
+        "data_dir": constants.DATA_DIR,
+        "qdrant_url": constants.QDRANT_URL,
+        "qdrant_api_key": constants.QDRANT_API_KEY,
+        "database_url": constants.DATABASE_URL,
+    }
 
 
 class RasterFlow(VectorGeoFlow):

@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.yes:
             return True
         print(f"\n!!! {message}\n!!! Type the table name ({args.table}) to drop it, anything else to stop: ", end="")
-        return input().strip() == args.table
+        try:
+            return input().strip() == args.table
+        except EOFError:  # no terminal (a script, CI): never wipe without an answer
+            print()
+            return False
 
     server = None if constants.DATABASE_URL else EmbeddedPostgres(Path(constants.DATA_DIR) / "postgres")
     try:

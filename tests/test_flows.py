@@ -255,6 +255,7 @@ def test_flow_01_bad_input_fails_once_in_start(workdir, args, message):
             "no embeddings of model 'tiny' at resolution 9",
         ),
         (FLOW_04, ["--model_filename=tiny.keras", "--h3_resolution=6", "--stores=milvus"], "--stores must list"),
+        (FLOW_04, ["--model_filename=tiny.keras", "--h3_resolution=6", "--wipe_existing=yes"], "confirm by naming it"),
     ],
 )
 def test_bad_input_to_later_flows(workdir, flow, args, message):

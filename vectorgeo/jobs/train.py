@@ -172,6 +172,7 @@ def train_model(
         dominant = dominant_class(val["anchor"])
         figure = diagnostics_figure(history, val_vectors, dominant, list(legend.names), tmp / "diagnostics.png")
         bucket.upload(figure, keys["figure"])
+        bucket.delete(keys["sidecar"])  # a retrain never leaves the new model beside the old sidecar
         bucket.upload(model_path, keys["model"])
         bucket.upload(sidecar_path, keys["sidecar"])  # last: a sidecar means the model beside it is complete
     return {

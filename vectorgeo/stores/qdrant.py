@@ -190,10 +190,7 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 
 def _payloads(lat: np.ndarray, lng: np.ndarray) -> list[dict[str, Any]]:
-    return [
-        {LOCATION_FIELD: {"lat": a, "lon": o}, "lat": a, "lng": o}
-        for a, o in zip(lat.tolist(), lng.tolist(), strict=True)
-    ]
+    return [{LOCATION_FIELD: {"lat": a, "lon": o}} for a, o in zip(lat.tolist(), lng.tolist(), strict=True)]
 
 
 def _vector_of(raw: Any) -> np.ndarray:
