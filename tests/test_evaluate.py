@@ -289,3 +289,19 @@ def test_format_report_lists_every_method(oracle_report):
 def test_report_figure_writes_png(oracle_report, tmp_path):
     path = report_figure(oracle_report, tmp_path / "nested" / "evaluation.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_probe_split_keeps_groups_whole():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+    groups = np.repeat(np.arange(40), 10)
+    assert linear_probe_r2(x, y, groups=groups) > 0.99
+    # a group-level signal that a random split leaks and a group split does not
+    leak = rng.normal(size=40)[groups]
+    features = np.column_stack([leak + 0.01 * rng.normal(size=400), rng.normal(size=400)])
+    target = leak + 0.0
+    assert linear_probe_r2(features, target, groups=groups) > 0.9  # the features carry the signal: fine either way
+    noise_target = rng.normal(size=40)[groups]
+    assert linear_probe_r2(np.eye(40)[groups], noise_target) > 0.5  # random split: memorises the groups
+    assert linear_probe_r2(np.eye(40)[groups], noise_target, groups=groups) < 0.2  # group split: cannot

@@ -2,7 +2,7 @@ import h3
 import numpy as np
 import pytest
 
-from vectorgeo.holdout import held_out, latlng_to_cells
+from vectorgeo.holdout import held_out, latlng_to_cells, patch_held_out
 
 
 def test_latlng_to_cells_matches_h3():
@@ -28,3 +28,15 @@ def test_held_out_is_deterministic_and_seeded():
     assert np.array_equal(held_out(lat, lng), held_out(lat, lng))
     assert not np.array_equal(held_out(lat, lng, seed=0), held_out(lat, lng, seed=1))
     assert not held_out(lat, lng, fraction=0.0).any() and held_out(lat, lng, fraction=1.0).all()
+
+
+def test_patch_held_out_checks_centre_and_corners():
+    rng = np.random.default_rng(3)
+    lat, lng = rng.uniform(44, 45.5, 5000), rng.uniform(-124, -122.5, 5000)
+    centre = held_out(lat, lng)
+    all_in, any_in = patch_held_out(lat, lng, 1750.0)
+    assert (all_in <= centre).all() and (centre <= any_in).all()
+    straddling = any_in & ~all_in  # patches across a held-out border: neither trained on nor scored
+    assert 0 < straddling.sum() < any_in.sum()
+    zero_all, zero_any = patch_held_out(lat, lng, 0.0)
+    assert np.array_equal(zero_all, centre) and np.array_equal(zero_any, centre)

@@ -259,6 +259,7 @@ def linear_probe_r2(
     seed: int = 0,
     test_fraction: float = 0.3,
     ridge: float = 1e-3,
+    groups: np.ndarray | None = None,
 ) -> float:
     """R² of a ridge regression from features to targets, on a held-out random split.
 
@@ -277,6 +278,8 @@ def linear_probe_r2(
         seed: Seed of the train/test permutation (same seed, same split).
         test_fraction: Share of samples held out for scoring, in (0, 1).
         ridge: Non-negative L2 penalty on the standardised coefficients.
+        groups: Optional ``(N,)`` group labels (e.g. H3 parent cells): the split keeps
+            each group whole, so spatially overlapping samples never sit on both sides.
 
     Returns:
         R² on the test split (1 is perfect, 0 is no better than the test mean,
@@ -300,8 +303,19 @@ def linear_probe_r2(
             f"{n} samples with test_fraction={test_fraction} leave {n_test} test and {n - n_test} train "
             "samples; at least 2 of each are needed"
         )
-    perm = np.random.default_rng(seed).permutation(n)
-    test, train = perm[:n_test], perm[n_test:]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(n)
+        test, train = perm[:n_test], perm[n_test:]
+    else:  # whole groups go to one side, so overlapping neighbours never straddle the split
+        labels = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+        order = rng.permutation(labels.max() + 1)
+        sizes = np.bincount(labels)[order]
+        test_groups = order[: np.searchsorted(np.cumsum(sizes), n_test) + 1]
+        is_test = np.isin(labels, test_groups)
+        test, train = np.flatnonzero(is_test), np.flatnonzero(~is_test)
+        if test.size < 2 or train.size < 2:
+            raise InvalidInputError(f"{labels.max() + 1} groups cannot give both probe splits 2 samples or more")
     mean, std = x[train].mean(axis=0), x[train].std(axis=0)
     std = np.where(std > 0, std, 1.0)
     x_train, x_test = (x[train] - mean) / std, (x[test] - mean) / std
@@ -447,6 +461,7 @@ def evaluate_embeddings(
     *,
     k: int = 10,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """Score encoder embeddings and the baselines on retrieval and linear probes.
 
@@ -461,6 +476,7 @@ def evaluate_embeddings(
         n_classes: Number of legend classes ``C``.
         k: Neighbours per retrieval query.
         seed: Seed for the baselines and the probe split.
+        groups: Optional (N,) group labels for the probe split (see :func:`linear_probe_r2`).
 
     Returns:
         JSON-ready dict: ``n_cells``, ``n_classes``, ``k``, ``embed_dim``,
@@ -486,7 +502,7 @@ def evaluate_embeddings(
     for name, vectors in methods.items():
         row = {"retrieval_jsd": retrieval_jsd(vectors, fractions, k)}
         for metric, target in targets.items():
-            row[metric] = linear_probe_r2(vectors, target, seed=seed)
+            row[metric] = linear_probe_r2(vectors, target, seed=seed, groups=groups)
         scores[name] = row
         logger.info("evaluation %s: %s", name, ", ".join(f"{m}={v:.4f}" for m, v in row.items()))
 

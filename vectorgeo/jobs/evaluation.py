@@ -10,10 +10,10 @@ import numpy as np
 
 from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError
 from vectorgeo.evaluate import evaluate_embeddings, format_report, report_figure
-from vectorgeo.holdout import held_out
+from vectorgeo.holdout import latlng_to_cells, patch_held_out
 from vectorgeo.inference import read_embeddings
 from vectorgeo.jobs.train import model_name, read_sidecar
-from vectorgeo.raster import extract_patches, open_raster
+from vectorgeo.raster import extract_patches, open_raster, pixel_sides_m
 from vectorgeo.sources import resolve_legend, resolve_rasters
 
 __all__ = ["report_keys", "evaluate_model"]
@@ -41,8 +41,10 @@ def evaluate_model(
 ) -> dict:
     """Evaluate embeddings of held-out cells against baselines; write JSON and PNG.
 
-    Cells count as held out when their centre lies in ground the model never
-    trained on (the ``holdout`` rule recorded in the model's sidecar).
+    Cells count as held out when their whole patch lies on ground the model
+    never trained on (the ``holdout`` rule recorded in the model's sidecar);
+    the linear probes split them by H3 parent cell, so overlapping
+    neighbours never sit on both sides of the split.
 
     Returns:
         The report (see :func:`vectorgeo.evaluate.evaluate_embeddings`) plus keys.
@@ -61,7 +63,12 @@ def evaluate_model(
     table = read_embeddings([bucket.download(key) for key in manifest["parts"]])
     lat, lng = table.column("lat").to_numpy(), table.column("lng").to_numpy()
     rule = sidecar.get("holdout") or {}
-    chosen = np.flatnonzero(held_out(lat, lng, **rule)) if rule else np.arange(lat.size)
+    legend_obj = resolve_legend(bucket, legend)
+    rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
+    patch_px = int(sidecar["patch_px"])
+    with open_raster(rasters.landcover) as dataset:
+        half_width_m = patch_px * max(pixel_sides_m(dataset)) / 2
+    chosen = np.flatnonzero(patch_held_out(lat, lng, half_width_m, **rule)[0]) if rule else np.arange(lat.size)
     if chosen.size < 2 * k + 2:
         raise InvalidInputError(
             f"only {chosen.size} embedded cells lie on held-out ground; evaluation needs at least {2 * k + 2}: "
@@ -71,11 +78,10 @@ def evaluate_model(
     if chosen.size > max_cells:
         chosen = np.sort(rng.choice(chosen, max_cells, replace=False))
     vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(lat.size, -1)[chosen]
-    legend_obj = resolve_legend(bucket, legend)
-    rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
     with open_raster(rasters.landcover) as dataset:
-        patches = extract_patches(dataset, lat[chosen], lng[chosen], legend_obj, patch_px=int(sidecar["patch_px"]))
-    report = evaluate_embeddings(vectors, patches.classes, legend_obj.n_classes, k=k, seed=seed)
+        patches = extract_patches(dataset, lat[chosen], lng[chosen], legend_obj, patch_px=patch_px)
+    parents = latlng_to_cells(lat[chosen], lng[chosen], rule.get("parent_res", 5))
+    report = evaluate_embeddings(vectors, patches.classes, legend_obj.n_classes, k=k, seed=seed, groups=parents)
     report.update(model=name, h3_resolution=h3_resolution, held_out_rule=rule or None)
     keys = report_keys(name, h3_resolution)
     with tempfile.TemporaryDirectory(prefix="vg-eval-") as tmp:

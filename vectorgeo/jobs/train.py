@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError, NotFoundError
-from vectorgeo.holdout import held_out
+from vectorgeo.holdout import patch_held_out
 from vectorgeo.legends import Legend
 from vectorgeo.sampling import dominant_class, read_shard
 
@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 HOLDOUT = {"fraction": 0.2, "parent_res": 5, "seed": 0}
 """Held-out ground: H3 res-5 parents whose hash falls in the lowest 20 %.
-Training never sees pairs touching them; evaluation scores only cells in them."""
+Training drops pairs whose patches touch it; evaluation scores only cells
+whose patches lie wholly on it (see :func:`vectorgeo.holdout.patch_held_out`)."""
 
 
 def model_name(model_filename: str) -> str:
@@ -114,8 +115,10 @@ def train_model(
             f"training set {train_set!r} has no DEM patches; "
             "rerun flow 01 with a DEM (--dem) or train without --use_dem"
         )
-    touches_holdout = held_out(*arrays["anchor_latlng"].T, **HOLDOUT) | held_out(
-        *arrays["neighbor_latlng"].T, **HOLDOUT
+    half_width_m = int(meta["patch_px"]) * max(meta.get("pixel_sides_m") or [meta["pixel_size_m"]]) / 2
+    touches_holdout = (
+        patch_held_out(*arrays["anchor_latlng"].T, half_width_m, **HOLDOUT)[1]
+        | patch_held_out(*arrays["neighbor_latlng"].T, half_width_m, **HOLDOUT)[1]
     )
     keep = np.flatnonzero(~touches_holdout)
     if keep.size < 4:
@@ -161,6 +164,7 @@ def train_model(
             "name": model_name(model_filename),
             "legend": meta["legend"],
             "pixel_size_m": meta["pixel_size_m"],
+            "pixel_sides_m": meta.get("pixel_sides_m"),
             "raster": meta.get("raster"),
             "train_set": train_set,
             "train_shards": meta["shards"],
