@@ -176,3 +176,12 @@ def test_embedded_qdrant_needs_a_single_worker(setup, tmp_path):
     qdrant = {"collection": "m_res8", "data_dir": tmp_path / "stores"}
     with pytest.raises(InvalidInputError, match="--n_workers=1"):
         _plan(bucket, settings, n_workers=2, qdrant=qdrant)
+
+
+def test_parts_from_another_stencil_are_not_reused(setup, write_raster):
+    bucket, settings = setup
+    [parts] = _plan(bucket, settings, max_iters=1)
+    _run(bucket, settings, parts)
+    assert _run(bucket, settings, parts)["parts"][part_key("m", 8, 0)]["skipped"]
+    make_stencil(bucket, h3_resolution=8, landcover=settings["landcover"], aoi=parse_aoi("-123.5,44.6,-123.3,44.8"))
+    assert not _run(bucket, settings, parts)["parts"][part_key("m", 8, 0)]["skipped"]  # same rows, other cells

@@ -134,7 +134,8 @@ def run_inference(
     """Embed this worker's parts; parts already written by this model are skipped.
 
     A part counts as done when its key exists (writes are atomic, so it is
-    whole) and its metadata names this model file's checksum and row range.
+    whole) and its metadata names this model file's checksum, its row range,
+    and the same inputs (stencil checksum, rasters, legend).
     With ``qdrant`` (see :func:`plan_inference`) every part, new or reused,
     is also upserted into that collection (idempotent, keyed by H3 id).
 
@@ -148,16 +149,23 @@ def run_inference(
     model_path = bucket.download(keys["model"])
     bucket.download(keys["sidecar"])
     checksum = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    stencil = pq.read_table(_stencil(bucket, h3_resolution))
+    stencil_path = _stencil(bucket, h3_resolution)
+    stencil = pq.read_table(stencil_path)
+    # everything that decides a part's rows: a part made from other inputs is made again
+    inputs = {
+        "stencil_sha256": hashlib.sha256(stencil_path.read_bytes()).hexdigest(),
+        "landcover": landcover,
+        "dem": dem,
+        "legend": legend,
+        "synthetic_seed": synthetic_seed,
+    }
     done: dict[str, dict] = {}
     todo = []
     for spec in parts:
         key = part_key(name, h3_resolution, spec["part"])
         meta = read_part_metadata(bucket.download(key)) if bucket.exists(key) else {}
-        if meta.get("model_sha256") == checksum and (meta.get("start"), meta.get("stop")) == (
-            spec["start"],
-            spec["stop"],
-        ):
+        same_rows = (meta.get("start"), meta.get("stop")) == (spec["start"], spec["stop"])
+        if meta.get("model_sha256") == checksum and meta.get("inputs") == inputs and same_rows:
             done[key] = {**meta["counts"], "skipped": True}
         else:
             todo.append((key, spec))
@@ -188,7 +196,10 @@ def run_inference(
                 "n_valid": int(cells.valid.sum()),
                 "n_invalid": int((~cells.valid).sum()),
             }
-            meta = {"model": name, "model_sha256": checksum, "h3_resolution": h3_resolution, **spec, "counts": counts}
+            meta = {
+                "model": name, "model_sha256": checksum, "h3_resolution": h3_resolution, **spec, "counts": counts,
+                "inputs": inputs,
+            }  # fmt: skip
             path = write_part(embeddings_table(h3, lat, lng, cells, name), Path(tmp) / "part.parquet", meta)
             bucket.upload(path, key)
             if qdrant:
