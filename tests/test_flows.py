@@ -130,6 +130,14 @@ def test_seed_style_commands(workdir, tmp_path):
     done = _run(workdir, FLOW_02, "--epochs=1", "--n_train_files=2", "--model_filename=test.keras", bucket=bucket)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (bucket / "models" / "test.png").is_file()
+    for flow, args in [
+        (FLOW_00, []),  # the default-resolution stencil that flow 03 embeds
+        (FLOW_03, ["--max_iters=10", "--model_filename=test.keras"]),
+        (FLOW_05, ["--model_filename=test.keras"]),
+    ]:
+        done = _run(workdir, flow, *args, bucket=bucket)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (bucket / "reports" / "test" / "res7" / "evaluation.json").is_file()
 
 
 def _assert_clean_failure(done, bucket, message):
