@@ -55,6 +55,7 @@ class UploadFlow(VectorGeoFlow):
                 stores=self.stores,
                 model_filename=self.model_filename,
                 h3_resolution=self.h3_resolution,
+                collection=self._collection(),
             )
         if self.wipe_existing and self.wipe_existing != self._collection():
             raise VectorGeoFlowError(

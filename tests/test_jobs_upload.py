@@ -88,6 +88,8 @@ def test_plan_checks_stores_and_embeddings(bucket):
     ]
     with pytest.raises(InvalidInputError, match="--stores must list"):
         plan_upload(bucket, stores="milvus", model_filename="m.keras", h3_resolution=7)
+    with pytest.raises(InvalidInputError, match="table name must be lowercase"):
+        plan_upload(bucket, stores="pgvector", model_filename="m.keras", h3_resolution=7, collection="2024_res7")
     with pytest.raises(InvalidInputError, match="no embeddings of model 'm' at resolution 8"):
         plan_upload(bucket, stores="faiss", model_filename="m.keras", h3_resolution=8)
 

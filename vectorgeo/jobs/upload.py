@@ -38,12 +38,18 @@ def _manifest(bucket: Bucket, name: str, h3_resolution: int) -> dict:
         ) from exc
 
 
-def plan_upload(bucket: Bucket, *, stores: str, model_filename: str, h3_resolution: int) -> list[str]:
-    """Check the store list and that embeddings exist; return the stores to load, one per worker."""
+def plan_upload(
+    bucket: Bucket, *, stores: str, model_filename: str, h3_resolution: int, collection: str = "vectorgeo"
+) -> list[str]:
+    """Check the store list, the collection/table name and that embeddings exist; return the stores to load."""
     kinds = [s.strip() for s in stores.split(",") if s.strip()]
     unknown = sorted(set(kinds) - set(STORE_KINDS))
     if unknown or not kinds:
         raise InvalidInputError(f"--stores must list some of {', '.join(STORE_KINDS)}, got {stores!r}")
+    if "pgvector" in kinds:
+        from vectorgeo.stores.pgvector import check_table_name
+
+        check_table_name(collection)
     manifest = _manifest(bucket, model_name(model_filename), h3_resolution)
     if manifest["n_embedded"] == 0:
         raise InvalidInputError(f"the embeddings at resolution {h3_resolution} hold no cell: nothing to load")

@@ -37,7 +37,14 @@ from vectorgeo.stores.base import GeoFilter, Match
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["EmbeddedPgVectorStore", "NotConfirmedError", "PgVectorStore", "copy_binary_rows", "setup_table"]
+__all__ = [
+    "EmbeddedPgVectorStore",
+    "NotConfirmedError",
+    "PgVectorStore",
+    "check_table_name",
+    "copy_binary_rows",
+    "setup_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +55,8 @@ _COPY_CHUNK_BYTES = 8 << 20
 _BBOX_MARGIN_DEG = 1e-6  # the radius prefilter box is padded; the exact haversine decides
 
 
-def _check_table(table: str) -> str:
+def check_table_name(table: str) -> str:
+    """Return ``table`` if it is a safe PostgreSQL identifier for VectorGeo; raise InvalidInputError otherwise."""
     if not isinstance(table, str) or not _TABLE_RE.match(table):
         raise InvalidInputError(
             f"table name must be lowercase letters, digits and underscores (at most 48, not starting with a digit), "
@@ -189,7 +197,7 @@ class PgVectorStore:
     ) -> None:
         import psycopg
 
-        self.table = _check_table(table)
+        self.table = check_table_name(table)
         self.maintenance_work_mem = maintenance_work_mem
         self.hnsw_m = int(hnsw_m)
         self.hnsw_ef_construction = int(hnsw_ef_construction)
