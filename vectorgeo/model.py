@@ -773,7 +773,7 @@ def diagnostics_figure(
         sel = labels == c
         ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=cmap(i), label=class_names[int(c)][:28])
     pc2 = f"PC2 ({share[1]:.0%})" if len(share) > 1 else "PC2"
-    ax.set(title="Held-out embeddings, PCA (colour: dominant class)", xlabel=f"PC1 ({share[0]:.0%})", ylabel=pc2)
+    ax.set(title="Validation embeddings, PCA (colour: dominant class)", xlabel=f"PC1 ({share[0]:.0%})", ylabel=pc2)
     ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax = axes[2]
     std = emb.std(axis=0)
