@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +178,22 @@ def _search_params(api: Any, hnsw_ef: int | None, *, filtered: bool) -> Any:
         return api.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
     ef = max(hnsw_ef or 0, _FILTERED_HNSW_EF)
     return api.SearchParams(hnsw_ef=ef, acorn=api.AcornSearchParams(enable=True))
+
+
+def _search_falling_back(run: Callable[[Any], list], api: Any, hnsw_ef: int | None, k: int, *, filtered: bool):
+    """Run a query; a filtered graph search that comes back short of ``k`` is redone as an exact scan."""
+    points = run(_search_params(api, hnsw_ef, filtered=filtered))
+    if filtered and len(points) < k:
+        points = run(api.SearchParams(exact=True))
+    return [
+        Match(
+            h3=int(p.id),
+            score=float(p.score),
+            lat=p.payload[LOCATION_FIELD]["lat"],
+            lng=p.payload[LOCATION_FIELD]["lon"],
+        )
+        for p in points
+    ]
 
 
 def _ids(exclude: tuple[int, ...]) -> list[int]:
@@ -366,18 +382,7 @@ class QdrantClientStore:
                 with_payload=[LOCATION_FIELD],
             ).points  # fmt: skip
 
-        points = run(_search_params(models, self.hnsw_ef, filtered=query_filter is not None))
-        if query_filter is not None and len(points) < k:  # a filtered graph search can fall short: scan exactly
-            points = run(models.SearchParams(exact=True))
-        return [
-            Match(
-                h3=int(p.id),
-                score=float(p.score),
-                lat=p.payload[LOCATION_FIELD]["lat"],
-                lng=p.payload[LOCATION_FIELD]["lon"],
-            )
-            for p in points
-        ]
+        return _search_falling_back(run, models, self.hnsw_ef, k, filtered=query_filter is not None)
 
     def fetch(self, h3: int) -> tuple[np.ndarray, float, float]:
         """A cell's unit vector (float32) and centre ``(vector, lat, lng)``.
@@ -585,7 +590,7 @@ class QdrantEdgeStore:
     ) -> list[Match]:
         """The ``k`` most similar cells by cosine (best first), optionally inside ``geo``, never in ``exclude``."""
         import qdrant_edge
-        from qdrant_edge import Query, QueryRequest, SearchParams
+        from qdrant_edge import Query, QueryRequest
 
         shard, dim = self._require()
         query = _validate_query(vector, k, dim)
@@ -598,18 +603,7 @@ class QdrantEdgeStore:
             )  # fmt: skip
             return shard.query(request)
 
-        points = run(_search_params(qdrant_edge, self.hnsw_ef, filtered=query_filter is not None))
-        if query_filter is not None and len(points) < k:  # a filtered graph search can fall short: scan exactly
-            points = run(SearchParams(exact=True))
-        return [
-            Match(
-                h3=int(p.id),
-                score=float(p.score),
-                lat=p.payload[LOCATION_FIELD]["lat"],
-                lng=p.payload[LOCATION_FIELD]["lon"],
-            )
-            for p in points
-        ]
+        return _search_falling_back(run, qdrant_edge, self.hnsw_ef, k, filtered=query_filter is not None)
 
     def fetch(self, h3: int) -> tuple[np.ndarray, float, float]:
         """A cell's unit vector (float32) and centre ``(vector, lat, lng)``.
