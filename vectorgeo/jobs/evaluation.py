@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError
+from vectorgeo.errors import InvalidInputError
 from vectorgeo.evaluate import evaluate_embeddings, format_report, report_figure
 from vectorgeo.holdout import latlng_to_cells, patch_held_out
 from vectorgeo.inference import read_embeddings
+from vectorgeo.jobs.infer import read_embeddings_manifest
 from vectorgeo.jobs.train import model_name, read_sidecar
 from vectorgeo.raster import extract_patches, open_raster, pixel_sides_m
 from vectorgeo.sources import resolve_legend, resolve_rasters
@@ -54,12 +55,7 @@ def evaluate_model(
     """
     name = model_name(model_filename)
     sidecar = read_sidecar(bucket, model_filename)
-    try:
-        manifest = bucket.read_json(f"embeddings/{name}/res{h3_resolution}/manifest.json")
-    except BucketKeyNotFoundError as exc:
-        raise InvalidInputError(
-            f"no embeddings of model {name!r} at resolution {h3_resolution}; run flows/03_inference_flow.py first"
-        ) from exc
+    manifest = read_embeddings_manifest(bucket, name, h3_resolution)
     table = read_embeddings([bucket.download(key) for key in manifest["parts"]])
     lat, lng = table.column("lat").to_numpy(), table.column("lng").to_numpy()
     rule = sidecar.get("holdout") or {}

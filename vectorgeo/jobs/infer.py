@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vectorgeo.errors import IncompleteOutputError, InvalidInputError
+from vectorgeo.errors import BucketKeyNotFoundError, IncompleteOutputError, InvalidInputError
 from vectorgeo.inference import (
     assign_parts,
     embed_cells,
@@ -27,7 +27,7 @@ from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.stencil import check_resolution
 from vectorgeo.stores import open_store
 
-__all__ = ["part_key", "plan_inference", "run_inference", "finish_inference"]
+__all__ = ["part_key", "plan_inference", "run_inference", "finish_inference", "read_embeddings_manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,21 @@ def run_inference(
                 "wrote %s: %d cells embedded, %d invalid patches skipped", key, counts["n_valid"], counts["n_invalid"]
             )
     return {"parts": done}
+
+
+def read_embeddings_manifest(bucket, name: str, h3_resolution: int) -> dict:
+    """The manifest :func:`finish_inference` wrote for a model and resolution.
+
+    Raises:
+        InvalidInputError: there is none yet (flow 03 has not run), naming the bucket.
+    """
+    try:
+        return bucket.read_json(f"embeddings/{name}/res{h3_resolution}/manifest.json")
+    except BucketKeyNotFoundError as exc:
+        raise InvalidInputError(
+            f"no embeddings of model {name!r} at resolution {h3_resolution} in bucket {bucket.url!r}; "
+            "run flows/03_inference_flow.py first"
+        ) from exc
 
 
 def finish_inference(

@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError
+from vectorgeo.errors import InvalidInputError
 from vectorgeo.inference import read_part_arrays
+from vectorgeo.jobs.infer import read_embeddings_manifest
 from vectorgeo.jobs.train import model_name
 from vectorgeo.stores import STORE_KINDS, open_store
 from vectorgeo.transfer import Bucket
@@ -28,16 +29,6 @@ def index_prefix(name: str, h3_resolution: int) -> str:
     return f"indexes/{name}/res{h3_resolution}/"
 
 
-def _manifest(bucket: Bucket, name: str, h3_resolution: int) -> dict:
-    try:
-        return bucket.read_json(f"embeddings/{name}/res{h3_resolution}/manifest.json")
-    except BucketKeyNotFoundError as exc:
-        raise InvalidInputError(
-            f"no embeddings of model {name!r} at resolution {h3_resolution} in bucket {bucket.url!r}; "
-            "run flows/03_inference_flow.py first"
-        ) from exc
-
-
 def plan_upload(
     bucket: Bucket, *, stores: str, model_filename: str, h3_resolution: int, collection: str = "vectorgeo"
 ) -> list[str]:
@@ -50,7 +41,7 @@ def plan_upload(
         from vectorgeo.stores.pgvector import check_table_name
 
         check_table_name(collection)
-    manifest = _manifest(bucket, model_name(model_filename), h3_resolution)
+    manifest = read_embeddings_manifest(bucket, model_name(model_filename), h3_resolution)
     if manifest["n_embedded"] == 0:
         raise InvalidInputError(f"the embeddings at resolution {h3_resolution} hold no cell: nothing to load")
     return list(dict.fromkeys(kinds))
@@ -82,7 +73,7 @@ def load_store(
         ``{"store", "collection", "count", "parts_loaded", "parts_skipped", "rows_loaded"}``.
     """
     name = model_name(model_filename)
-    manifest = _manifest(bucket, name, h3_resolution)
+    manifest = read_embeddings_manifest(bucket, name, h3_resolution)
     parts = list(manifest["parts"])
     sources = {key: _checksum(bucket, key) for key in parts}
     data_dir = Path(data_dir)
