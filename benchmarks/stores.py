@@ -5,7 +5,11 @@ flatter nothing) at land-like locations, per store (Qdrant Edge, embedded
 PostgreSQL + pgvector, FAISS): load rate, index build time, recall@10 against
 exact search, single-threaded query latency p50/p99 unfiltered and with
 50 km and 1,000 km radius filters (and whether k rows came back whenever k
-exist), and disk per million vectors. Writes
+exist), and disk and resident memory per million vectors. Memory is the
+proportional set size (PSS, shared pages split between sharers) that the
+store added to this process, plus, for PostgreSQL, its server processes
+after the queries (bounded by its shared_buffers; the OS page cache serves
+the rest and is not counted). Writes
 benchmarks/results/stores_d{D}_n{N}.json.
 
     .venv/bin/python benchmarks/stores.py --n 1000000 --dim 16
@@ -58,6 +62,31 @@ def exact_top(vectors, lat, lng, q, k, geo):
     return np.argpartition(-scores, k)[:k], len(scores)
 
 
+def pss_mb(pid: int | str = "self") -> float:
+    """Proportional set size of one process, MB (Linux /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:")) / 1024
+
+
+def server_pss_mb(store) -> float:
+    """PSS of an embedded PostgreSQL's postmaster and its children, MB; 0 for in-process stores."""
+    server = getattr(store, "server", None)
+    if server is None:
+        return 0.0
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sum(pss_mb(pid) for pid in pids)
+
+
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -84,6 +113,7 @@ def main() -> None:
     results = {}
     for kind in args.stores.split(","):
         with tempfile.TemporaryDirectory(prefix=f"vg-bench-{kind}-") as tmp:
+            before_mb = pss_mb()
             store = open_store(kind, "bench", data_dir=tmp)
             store.create(args.dim, wipe=True)
             started = time.perf_counter()
@@ -110,6 +140,8 @@ def main() -> None:
                     "recall_at_10": round(float(np.mean(recalls)), 4),
                     "queries_short_of_k": short,
                 }
+            memory_mb = pss_mb() - before_mb + server_pss_mb(store)
+            row["memory_mb_per_million"] = round(memory_mb * 1e6 / args.n, 1)
             store.close()
             row["disk_mb_per_million"] = round(dir_size_mb(Path(tmp)) * 1e6 / args.n, 1)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -124,6 +156,7 @@ def main() -> None:
             (f"{name} short of k", lambda r, n=name: r[n]["queries_short_of_k"]),
         ]
     metrics.append(("disk MB per 1M", lambda r: r["disk_mb_per_million"]))
+    metrics.append(("memory MB per 1M", lambda r: r["memory_mb_per_million"]))
     print(f"\nstores, {args.n:,} clustered unit vectors, dim {args.dim}, {args.queries} queries, single-threaded")
     print(f"{'':26}" + "".join(f"{k:>18}" for k in results))
     for label, fn in metrics:

@@ -7,8 +7,9 @@ The directory holds everything that is later copied to the bucket under ``indexe
 * ``h3.npy`` (uint64, sorted ascending), ``lat.npy``, ``lng.npy`` (float64 degrees, WGS84): the id map.
 * ``vectors.npy``: the full-precision float32 unit vectors, for exact re-ranking, ``fetch`` and
   :meth:`FaissStore.threshold_query`.
-* ``lat_order.npy``: row positions sorted by latitude, so a geographic filter only evaluates the
-  latitude band it can touch.
+* ``geo_order.npy``, ``geo_keys.npy``: row positions sorted by their 1-degree grid cell
+  (:mod:`vectorgeo.stores.geogrid`) and those keys, so a geographic filter only evaluates the rows
+  in the grid cells it touches.
 * ``metadata.json``: model, resolution, count, dim, index type and parameters, build time, file sizes
   and the source shards with their checksums. Written last: it marks a complete build.
 
@@ -33,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from vectorgeo.errors import InvalidInputError, NotFoundError, VectorGeoError
-from vectorgeo.geodesy import EARTH_RADIUS_M
 from vectorgeo.stores.base import GeoFilter, Match
+from vectorgeo.stores.geogrid import cover_ranges, geo_cells
 
 __all__ = ["INDEX_FILES", "FaissStore", "is_current"]
 
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
 _INDEX_FILE = "index.faiss"
-_ARRAY_FILES = ("h3.npy", "lat.npy", "lng.npy", "vectors.npy", "lat_order.npy")
+_ARRAY_FILES = ("h3.npy", "lat.npy", "lng.npy", "vectors.npy", "geo_order.npy", "geo_keys.npy")
 INDEX_FILES = (_INDEX_FILE, *_ARRAY_FILES, METADATA_FILE)
 """Every file of a built index, in the order to copy them (``metadata.json`` last)."""
 
@@ -184,7 +185,8 @@ class FaissStore:
         self._lat = np.empty(0, np.float64)
         self._lng = np.empty(0, np.float64)
         self._vectors = np.empty((0, 0), np.float32)
-        self._lat_order = np.empty(0, np.int64)
+        self._geo_order = np.empty(0, np.int64)
+        self._geo_keys = np.empty(0, np.int32)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _load(self) -> None:
@@ -194,7 +196,7 @@ class FaissStore:
         d = self.directory
         self._meta = meta
         self._dim = int(meta["dim"])
-        self._h3, self._lat, self._lng, self._vectors, self._lat_order = (
+        self._h3, self._lat, self._lng, self._vectors, self._geo_order, self._geo_keys = (
             np.load(d / name, mmap_mode="r") for name in _ARRAY_FILES
         )
         if self._vectors.shape != (meta["count"], self._dim):
@@ -218,7 +220,9 @@ class FaissStore:
         self._lat = np.concatenate([p[1] for p in parts])[take]
         self._lng = np.concatenate([p[2] for p in parts])[take]
         self._vectors = np.ascontiguousarray(np.concatenate([p[3] for p in parts])[take])
-        self._lat_order = np.argsort(self._lat, kind="stable")
+        keys = geo_cells(self._lat, self._lng)
+        self._geo_order = np.argsort(keys, kind="stable")
+        self._geo_keys = keys[self._geo_order]
         self._pending = []
         self._index = None
 
@@ -446,30 +450,17 @@ class FaissStore:
     def _filter(self, geo: GeoFilter) -> np.ndarray:
         """Positions (ascending) of rows inside ``geo``, exactly per :meth:`GeoFilter.contains`.
 
-        Only the latitude band the filter can reach is evaluated (a great circle of length d spans
-        at most d / R radians of latitude), found by binary search in ``lat_order``.
+        Only rows in the 1-degree grid cells the filter's box touches are evaluated: each covering
+        key range is one binary search in the sorted keys, one contiguous slice of ``geo_order``.
         """
-        if geo.is_radius:
-            band = math.degrees(geo.radius_km * 1000.0 / EARTH_RADIUS_M) + 1e-9
-            south, north = geo.lat - band, geo.lat + band
-        else:
-            south, north = geo.bbox[1], geo.bbox[3]
-        lo, hi = self._band_edge(south, "left"), self._band_edge(north, "right")
-        band_pos = np.asarray(self._lat_order[lo:hi])
-        inside = geo.contains(self._lat[band_pos], self._lng[band_pos])
-        return np.sort(band_pos[inside])
-
-    def _band_edge(self, value: float, side: str) -> int:
-        """Binary search for ``value`` in the latitudes taken in ``lat_order`` (no full gather)."""
-        lo, hi = 0, len(self._lat_order)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            x = self._lat[self._lat_order[mid]]
-            if x < value or (side == "right" and x == value):
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+        lo, hi = cover_ranges(geo)
+        starts = np.searchsorted(self._geo_keys, lo, side="left")
+        ends = np.searchsorted(self._geo_keys, hi, side="right")
+        if not len(starts) or not (ends > starts).any():
+            return np.empty(0, np.int64)
+        near = np.concatenate([np.asarray(self._geo_order[a:b]) for a, b in zip(starts, ends, strict=True) if b > a])
+        inside = geo.contains(self._lat[near], self._lng[near])
+        return np.sort(near[inside])
 
     def _scores(self, q: np.ndarray, pos: np.ndarray) -> np.ndarray:
         if len(pos) == 0:
@@ -523,7 +514,12 @@ class FaissStore:
             params = faiss.SearchParameters()
         if sel is not None:
             params.sel = sel
-        _, labels = self._index.search(q.reshape(1, -1), fetch, params=params)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # one query: OpenMP's fan-out costs more than it saves, worst on a busy machine
+        try:
+            _, labels = self._index.search(q.reshape(1, -1), fetch, params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
         del bitmap  # kept alive until the search above has run
         labels = labels[0]
         return labels[labels >= 0]
@@ -585,7 +581,14 @@ class FaissStore:
         arrays = dict(
             zip(
                 _ARRAY_FILES,
-                (self._h3, self._lat, self._lng, np.ascontiguousarray(self._vectors), self._lat_order.astype(np.int64)),
+                (
+                    self._h3,
+                    self._lat,
+                    self._lng,
+                    np.ascontiguousarray(self._vectors),
+                    self._geo_order.astype(np.int64),
+                    self._geo_keys.astype(np.int32),
+                ),
                 strict=True,
             )
         )
@@ -610,6 +613,6 @@ class FaissStore:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
         # Re-open the arrays as memory maps so the in-memory copies can be freed.
-        self._h3, self._lat, self._lng, self._vectors, self._lat_order = (
+        self._h3, self._lat, self._lng, self._vectors, self._geo_order, self._geo_keys = (
             np.load(d / name, mmap_mode="r") for name in _ARRAY_FILES
         )

@@ -5,14 +5,17 @@ One table per collection::
     h3 bigint primary key        -- the uint64 H3 id, bit-cast to int64
     lat, lng double precision    -- cell centre, degrees (EPSG:4326)
     embedding vector(dim)        -- float32 unit vector
+    geo_cell integer             -- generated: the 1-degree grid cell (vectorgeo.stores.geogrid), btree-indexed
 
-Geographic filters choose their plan by how many rows the region holds (a
-capped count on the ``(lat, lng)`` btree): a small region is searched
-exactly over the geo-prefiltered rows; a large one through the HNSW index
-with pgvector's iterative scan, falling back to exact search if that
+After a bulk load the table is CLUSTERed on ``geo_cell``, so the rows of a
+region lie together on disk. Geographic filters choose their plan by how
+many rows the region's grid cells hold (a capped, index-only count): a small
+region is searched exactly over those rows; a large one through the HNSW
+index with pgvector's iterative scan, falling back to exact search if that
 returns fewer than ``k`` rows. pgvector's HNSW applies a ``WHERE`` after the
 graph search, so without this a selective filter returns far fewer than
-``k`` rows.
+``k`` rows. No PostGIS needed; a 50 km filter touches a few grid cells
+anywhere on the planet.
 
 The connection never uses server-side prepared statements
 (``prepare_threshold=None``), so every query is planned with its real
@@ -22,7 +25,6 @@ parameters rather than a generic plan.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,7 @@ import numpy as np
 from vectorgeo.errors import InvalidInputError, NotConfirmedError, NotFoundError, StoreUnavailableError
 from vectorgeo.geodesy import EARTH_RADIUS_M
 from vectorgeo.stores.base import GeoFilter, Match
+from vectorgeo.stores.geogrid import GEO_CELL_SQL, cover_ranges, filter_bbox
 
 if TYPE_CHECKING:
     import psycopg
@@ -52,7 +55,6 @@ _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 _COPY_CHUNK_BYTES = 8 << 20
-_BBOX_MARGIN_DEG = 1e-6  # the radius prefilter box is padded; the exact haversine decides
 
 
 def check_table_name(table: str) -> str:
@@ -138,34 +140,13 @@ def _server_of(url: str) -> str:
 
 
 def _copy_binary(cur: Any, table: Any, stream: bytes) -> None:
-    """Send a binary COPY stream into ``table`` (a ``sql.Identifier``) in chunks."""
+    """Send a binary COPY stream of ``(h3, lat, lng, embedding)`` into ``table`` (a ``sql.Identifier``) in chunks."""
     from psycopg import sql
 
-    with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(table)) as copy:
+    with cur.copy(sql.SQL("COPY {} (h3, lat, lng, embedding) FROM STDIN (FORMAT BINARY)").format(table)) as copy:
         view = memoryview(stream)
         for start in range(0, len(view), _COPY_CHUNK_BYTES):
             copy.write(view[start : start + _COPY_CHUNK_BYTES])
-
-
-def _radius_bbox(lat: float, lng: float, radius_km: float) -> tuple[float, float, float, float]:
-    """A (west, south, east, north) box holding the spherical cap; west > east when it crosses 180."""
-    delta = radius_km * 1000.0 / EARTH_RADIUS_M
-    delta_deg = math.degrees(delta) + _BBOX_MARGIN_DEG
-    south, north = lat - delta_deg, lat + delta_deg
-    if south <= -90 or north >= 90:
-        return -180.0, max(south, -90.0), 180.0, min(north, 90.0)
-    ratio = math.sin(delta) / math.cos(math.radians(lat))
-    if ratio >= 1:
-        return -180.0, south, 180.0, north
-    half = math.degrees(math.asin(ratio)) + _BBOX_MARGIN_DEG
-    if half >= 180:
-        return -180.0, south, 180.0, north
-    west, east = lng - half, lng + half
-    if west < -180:
-        west += 360.0
-    if east > 180:
-        east -= 360.0
-    return west, south, east, north
 
 
 class PgVectorStore:
@@ -177,7 +158,8 @@ class PgVectorStore:
         maintenance_work_mem: Memory for the HNSW build in :meth:`finish_load` (PostgreSQL units).
         hnsw_m: HNSW graph degree.
         hnsw_ef_construction: HNSW build candidate list size.
-        exact_max_rows: Regions holding fewer rows than this are searched exactly.
+        hnsw_ef_search: HNSW search candidate list size (raised to ``2k`` for large ``k``).
+        exact_max_rows: Regions whose grid cells hold fewer rows than this are searched exactly.
         max_scan_tuples: Cap on tuples an iterative HNSW scan visits before giving up (then exact).
 
     Raises:
@@ -192,7 +174,8 @@ class PgVectorStore:
         maintenance_work_mem: str = "256MB",
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 64,
-        exact_max_rows: int = 20_000,
+        hnsw_ef_search: int = 100,
+        exact_max_rows: int = 50_000,
         max_scan_tuples: int = 20_000,
     ) -> None:
         import psycopg
@@ -201,6 +184,7 @@ class PgVectorStore:
         self.maintenance_work_mem = maintenance_work_mem
         self.hnsw_m = int(hnsw_m)
         self.hnsw_ef_construction = int(hnsw_ef_construction)
+        self.hnsw_ef_search = int(hnsw_ef_search)
         self.exact_max_rows = int(exact_max_rows)
         self.max_scan_tuples = int(max_scan_tuples)
         try:
@@ -262,8 +246,17 @@ class PgVectorStore:
             self._conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (h3 bigint PRIMARY KEY, lat double precision NOT NULL, "
-                    "lng double precision NOT NULL, embedding vector({}) NOT NULL)"
+                    "lng double precision NOT NULL, embedding vector({}) NOT NULL, "
+                    "geo_cell integer GENERATED ALWAYS AS " + GEO_CELL_SQL + " STORED)"
                 ).format(self._ident(), sql.Literal(dim))
+            )
+            # tables made before the grid column existed get it now (a one-off rewrite)
+            self._conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS geo_cell integer GENERATED ALWAYS AS "
+                    + GEO_CELL_SQL
+                    + " STORED"
+                ).format(self._ident())
             )
         self._dim = dim
 
@@ -352,8 +345,11 @@ class PgVectorStore:
         return True
 
     def finish_load(self) -> None:
-        """Build the HNSW cosine index and the ``(lat, lng)`` btree if missing, then ANALYZE.
+        """Index the grid column, CLUSTER on it, build the HNSW cosine index if missing, then VACUUM ANALYZE.
 
+        The first finish after a bulk load (no HNSW index yet) CLUSTERs the
+        table on ``geo_cell``, so a region's rows share pages; later calls
+        leave the order alone (a CLUSTER would also rebuild the HNSW graph).
         The HNSW build uses ``maintenance_work_mem``; building after the load
         is several times faster than maintaining the graph row by row.
         """
@@ -361,9 +357,13 @@ class PgVectorStore:
 
         self._require_dim()
         self._conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [self.maintenance_work_mem])
+        self._conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._ident("_latlng")))  # before the grid
         self._conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (lat, lng)").format(self._ident("_latlng"), self._ident())
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (geo_cell)").format(self._ident("_geo"), self._ident())
         )
+        if not self._has_hnsw():
+            logger.info("clustering %s on its grid cells", self.table)
+            self._conn.execute(sql.SQL("CLUSTER {} USING {}").format(self._ident(), self._ident("_geo")))
         logger.info("building the HNSW index on %s (maintenance_work_mem=%s)", self.table, self.maintenance_work_mem)
         self._conn.execute(
             sql.SQL(
@@ -376,20 +376,23 @@ class PgVectorStore:
                 sql.Literal(self.hnsw_ef_construction),
             )
         )
-        self._conn.execute(sql.SQL("ANALYZE {}").format(self._ident()))
+        self._conn.execute(sql.SQL("VACUUM ANALYZE {}").format(self._ident()))  # also lets counts be index-only
         self._conn.execute("RESET maintenance_work_mem")
 
     # ------------------------------------------------------------------ search
 
     def _geo_sql(self, geo: GeoFilter | None, *, indexable: bool) -> tuple[Any, list[Any]]:
-        """The WHERE fragment for ``geo``; ``indexable=False`` hides lat/lng from the btree (``lat + 0``)."""
+        """The WHERE fragment for ``geo`` over a row source with ``lat``/``lng``.
+
+        ``indexable=False`` hides lat/lng from any index (``lat + 0``), for the HNSW plan.
+        """
         from psycopg import sql
 
         if geo is None:
             return sql.SQL("TRUE"), []
         lat_col = sql.SQL("lat") if indexable else sql.SQL("(lat + 0)")
         lng_col = sql.SQL("lng") if indexable else sql.SQL("(lng + 0)")
-        west, south, east, north = geo.bbox if not geo.is_radius else _radius_bbox(geo.lat, geo.lng, geo.radius_km)
+        west, south, east, north = filter_bbox(geo)
         parts = [sql.SQL("{} >= %s AND {} <= %s").format(lat_col, lat_col)]
         params: list[Any] = [south, north]
         if west <= east:
@@ -411,14 +414,25 @@ class PgVectorStore:
             params += [EARTH_RADIUS_M, geo.lat, geo.lat, geo.lng, geo.radius_km * 1000.0]
         return sql.SQL(" AND ").join(parts), params
 
+    def _region_rows(self, geo: GeoFilter, columns: str) -> tuple[Any, list[Any]]:
+        """``SELECT columns`` of the rows in the grid cells covering ``geo`` (one btree range scan per range)."""
+        from psycopg import sql
+
+        lo, hi = cover_ranges(geo)
+        query = sql.SQL(
+            "SELECT " + columns + " FROM unnest(%s::integer[], %s::integer[]) AS cover(lo, hi) "
+            "JOIN {} t ON t.geo_cell BETWEEN cover.lo AND cover.hi"
+        ).format(self._ident())
+        return query, [lo.tolist(), hi.tolist()]
+
     def _region_is_small(self, geo: GeoFilter | None) -> bool:
-        """True when the filter's box holds fewer than ``exact_max_rows`` rows (a capped, index-backed count)."""
+        """True when the filter's grid cells hold fewer than ``exact_max_rows`` rows (a capped, index-only count)."""
         from psycopg import sql
 
         if geo is None:
             return False
-        where, params = self._geo_sql(geo, indexable=True)
-        query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT %s) s").format(self._ident(), where)
+        rows, params = self._region_rows(geo, "1")
+        query = sql.SQL("SELECT count(*) FROM ({} LIMIT %s) s").format(rows)
         (n,) = self._conn.execute(query, [*params, self.exact_max_rows]).fetchone()
         return int(n) < self.exact_max_rows
 
@@ -428,14 +442,18 @@ class PgVectorStore:
         from psycopg import sql
 
         if plan == "exact":
+            if geo is None:
+                rows, row_params = sql.SQL("SELECT t.h3, t.lat, t.lng, t.embedding FROM {} t").format(self._ident()), []
+            else:
+                rows, row_params = self._region_rows(geo, "t.h3, t.lat, t.lng, t.embedding")
             where, params = self._geo_sql(geo, indexable=True)
             # MATERIALIZED keeps the ORDER BY out of reach of the HNSW index: a true exact scan of the region
             query = sql.SQL(
-                "WITH region AS MATERIALIZED (SELECT h3, lat, lng, embedding FROM {} WHERE {} AND h3 <> ALL(%s)) "
-                "SELECT h3, 1 - (embedding <=> %s::vector) AS score, lat, lng FROM region "
+                "WITH region AS MATERIALIZED ({}), inside AS MATERIALIZED (SELECT * FROM region WHERE {} "
+                "AND h3 <> ALL(%s)) SELECT h3, 1 - (embedding <=> %s::vector) AS score, lat, lng FROM inside "
                 "ORDER BY embedding <=> %s::vector, h3 LIMIT %s"
-            ).format(self._ident(), where)
-            return query, [*params, exclude_ids, qvec, qvec, k]
+            ).format(rows, where)
+            return query, [*row_params, *params, exclude_ids, qvec, qvec, k]
         where, params = self._geo_sql(geo, indexable=False)
         # relaxed_order may return rows slightly out of order: re-sort the materialized candidates
         query = sql.SQL(
@@ -447,7 +465,7 @@ class PgVectorStore:
 
     def _set_hnsw_settings(self, k: int, filtered: bool) -> None:
         settings = [
-            ("hnsw.ef_search", str(min(1000, max(40, 2 * k)))),
+            ("hnsw.ef_search", str(min(1000, max(self.hnsw_ef_search, 2 * k)))),
             ("hnsw.iterative_scan", "relaxed_order" if filtered else "off"),
             ("hnsw.max_scan_tuples", str(self.max_scan_tuples)),
             ("enable_seqscan", "off"),  # with the btree hidden, this leaves the HNSW scan
@@ -481,7 +499,7 @@ class PgVectorStore:
     ) -> list[Match]:
         """The ``k`` cells most cosine-similar to ``vector`` (best first), inside ``geo``, not in ``exclude``.
 
-        Unfiltered queries use HNSW with ``hnsw.ef_search = max(40, 2k)``.
+        Unfiltered queries use HNSW with ``hnsw.ef_search = max(hnsw_ef_search, 2k)``.
         Filtered queries over a small region are exact; over a large region
         they use HNSW with an iterative scan, and fall back to exact search
         when that returns fewer than ``k`` rows, so ``k`` rows come back

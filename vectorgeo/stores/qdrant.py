@@ -539,10 +539,11 @@ class QdrantEdgeStore:
         shard, dim = self._require()
         h3, lat, lng, vectors = _validate_rows(h3, lat, lng, vectors, dim)
         for part in _batches(len(h3), self.batch_size):
+            # one comprehension, payloads built inline: converting Points is the load's cost, not the engine
             points = [
-                Point(i, v, p)
-                for i, v, p in zip(
-                    h3[part].tolist(), vectors[part].tolist(), _payloads(lat[part], lng[part]), strict=True
+                Point(i, v, {LOCATION_FIELD: {"lat": a, "lon": o}})
+                for i, v, a, o in zip(
+                    h3[part].tolist(), vectors[part].tolist(), lat[part].tolist(), lng[part].tolist(), strict=True
                 )
             ]
             shard.update(UpdateOperation.upsert_points(points))
