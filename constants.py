@@ -44,3 +44,14 @@ DATA_DIR = os.environ.get("VG_DATA_DIR", str(REPO_ROOT / "data" / "stores"))
 QDRANT_URL = os.environ.get("QDRANT_URL") or None
 QDRANT_API_KEY = os.environ.get("QDRANT_API_KEY") or None
 DATABASE_URL = os.environ.get("DATABASE_URL") or None
+
+# Search service (lambda/handler.py and the local server). Stores it may query, in order; the first
+# is the default unless VG_SEARCH_DEFAULT_STORE names another.
+SEARCH_STORES = os.environ.get("VG_SEARCH_STORES", "faiss,qdrant,pgvector")
+SEARCH_DEFAULT_STORE = os.environ.get("VG_SEARCH_DEFAULT_STORE", "") or None
+# Qdrant collection / pgvector table searched; empty = flow 04's default, {model}_res{R}.
+SEARCH_COLLECTION = os.environ.get("VG_SEARCH_COLLECTION", "") or None
+# Access-Control-Allow-Origin of every answer (a web map on another origin needs it).
+CORS_ALLOW_ORIGIN = os.environ.get("VG_CORS_ALLOW_ORIGIN", "*")
+# Cache-Control max-age (seconds) of GET searches, cells and the OpenAPI description; 0 = no-store.
+SEARCH_CACHE_MAX_AGE_S = int(os.environ.get("VG_SEARCH_CACHE_MAX_AGE_S", "300"))

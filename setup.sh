@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv with the pinned requirements, then an import check.
+# Idempotent set-up: .venv with the pinned requirements, an import check, and Debian's chromium for the
+# browser test where it can (root with apt-get; otherwise a warning).
 # Needs only python3 (3.11+) and the package registries. Never uses sudo,
 # never writes credentials, never edits shell start-up files.
 set -euo pipefail
@@ -21,6 +22,26 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 
+# Chromium for tests/test_browser.py: Debian's package (playwright's own browser download is not used).
+# Best effort: without it that test skips with the reason, so a failure here only warns.
+install_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup.sh: warning: no /usr/bin/chromium, and no root apt-get to install it; the browser test will skip" >&2
+    return 0
+  fi
+  echo "setup.sh: installing Debian's chromium for the browser test"
+  local log
+  log=$(mktemp)
+  if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+    >"$log" 2>&1; then
+    rm -f "$log"
+  else
+    tail -n 5 "$log" >&2
+    echo "setup.sh: warning: apt-get could not install chromium (log: $log); the browser test will skip" >&2
+  fi
+}
+
 stamp=.venv/.vectorgeo-requirements
 wanted=$(cat requirements.txt setup.sh | "$python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] || [ "${1:-}" = "--force" ]; then
@@ -31,12 +52,13 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] || [ "${1:-}" = "--for
 import importlib
 mods = ["metaflow", "numpy", "scipy", "pyarrow", "rasterio", "h3", "h3ronpy", "shapely", "global_land_mask",
         "tensorflow", "keras", "jax", "boto3", "qdrant_client", "qdrant_edge", "psycopg", "psycopg2", "pgvector", "faiss",
-        "tqdm", "matplotlib", "pytest", "moto"]
+        "tqdm", "matplotlib", "pytest", "moto", "playwright"]
 for name in mods:
     importlib.import_module(name)
 import h3
 assert h3.__version__.startswith("4."), f"h3 v4 is required, found {h3.__version__}"
 print(f"setup.sh: {len(mods)} packages import")
 PY
+  install_chromium
   echo "$wanted" > "$stamp"
 fi

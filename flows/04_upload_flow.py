@@ -3,7 +3,8 @@
 Reads ``embeddings/{name}/res{R}/``; writes Qdrant (a server via QDRANT_URL, or
 Qdrant Edge in VG_DATA_DIR), PostgreSQL + pgvector (DATABASE_URL, or an
 embedded PostgreSQL in VG_DATA_DIR) and FAISS files (``indexes/{name}/res{R}/``
-in the bucket).
+in the bucket), then the search sidecars (``indexes/{name}/res{R}/search/``: score
+calibration and per-cell attributes for the search service).
 """
 
 import re
@@ -14,7 +15,7 @@ import constants
 from flow_support import VectorGeoFlow, VectorGeoFlowError, store_servers, user_errors
 from vectorgeo.cards import upload_card
 from vectorgeo.jobs.train import model_name
-from vectorgeo.jobs.upload import load_store, plan_upload
+from vectorgeo.jobs.upload import load_store, plan_upload, write_search_sidecars
 
 
 class UploadFlow(VectorGeoFlow):
@@ -91,6 +92,19 @@ class UploadFlow(VectorGeoFlow):
         """Counts per store."""
         self.counts = {i.result["store"]: i.result for i in inputs}
         current.card.extend(upload_card(self.counts))
+        self.next(self.search_sidecars)
+
+    @retry(times=2)
+    @resources(cpu=1, memory=8000)
+    @step
+    def search_sidecars(self):
+        """Score calibration and per-cell attributes for the search service (skipped when current)."""
+        with user_errors():
+            self.sidecars = write_search_sidecars(
+                self.step_bucket("search_sidecars"),
+                model_filename=self.model_filename,
+                h3_resolution=self.h3_resolution,
+            )
         self.next(self.end)
 
     @step
@@ -99,6 +113,9 @@ class UploadFlow(VectorGeoFlow):
         for kind, r in self.counts.items():
             loaded, reused = r["parts_loaded"], r["parts_skipped"]
             print(f"{kind}: {r['count']} rows in {r['collection']} ({loaded} parts loaded, {reused} reused)")
+        s = self.sidecars
+        state = "reused" if s["skipped"] else "built"
+        print(f"search sidecars: {s['count']} cells, {s['n_pairs']} calibration pairs in {s['prefix']} ({state})")
 
 
 if __name__ == "__main__":

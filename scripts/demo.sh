@@ -28,3 +28,6 @@ echo "  embeddings:     $bucket/embeddings/${model%.keras}/res$res/ (part-*.parq
 echo "  stores:         ${VG_DATA_DIR:-data/stores}/ (Qdrant Edge, embedded PostgreSQL), $bucket/indexes/ (FAISS)"
 echo "  evaluation:     $bucket/reports/${model%.keras}/res$res/evaluation.json (+ .png)"
 echo "  rasters:        $bucket/rasters/ (the synthetic default)"
+echo
+echo "Starting the local server: the search API under /api/ and the web map (Ctrl-C stops it)."
+exec "$py" -m vectorgeo.serve --resolution "$res" --model "$model"

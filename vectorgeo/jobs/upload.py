@@ -1,4 +1,4 @@
-"""Flow 04's units of work: stream embedding parts from the bucket into the stores."""
+"""Flow 04's units of work: stream embedding parts from the bucket into the stores, and write the search sidecars."""
 
 from __future__ import annotations
 
@@ -15,18 +15,14 @@ from tqdm import tqdm
 from vectorgeo.errors import InvalidInputError
 from vectorgeo.inference import read_part_arrays
 from vectorgeo.jobs.infer import read_embeddings_manifest
-from vectorgeo.jobs.train import model_name
+from vectorgeo.jobs.train import model_keys, model_name
+from vectorgeo.search_index import SIDECAR_FILES, build_search_sidecars, index_prefix, search_prefix
 from vectorgeo.stores import STORE_KINDS, open_store
 from vectorgeo.transfer import Bucket
 
-__all__ = ["index_prefix", "plan_upload", "load_store"]
+__all__ = ["index_prefix", "plan_upload", "load_store", "write_search_sidecars"]
 
 logger = logging.getLogger(__name__)
-
-
-def index_prefix(name: str, h3_resolution: int) -> str:
-    """Bucket prefix of a FAISS index built from a model's embeddings at a resolution."""
-    return f"indexes/{name}/res{h3_resolution}/"
 
 
 def plan_upload(
@@ -154,6 +150,56 @@ def _load_faiss(
             bucket.upload(Path(tmp) / file, prefix + file)
     return {"store": "faiss", "collection": prefix, "count": count, "parts_loaded": len(parts),
             "parts_skipped": 0, "rows_loaded": rows}  # fmt: skip
+
+
+def write_search_sidecars(
+    bucket: Bucket,
+    *,
+    model_filename: str,
+    h3_resolution: int,
+    n_pairs: int = 200_000,
+    n_quantiles: int = 1001,
+    seed: int = 0,
+) -> dict:
+    """Write the search service's sidecars (score calibration, per-cell attributes) to the bucket, once.
+
+    They go under :func:`~vectorgeo.search_index.search_prefix`, ``calibration.json`` last, and are
+    not rebuilt while that file names the same source parts (by checksum) and settings. Class names
+    and colours come from the model's sidecar legend (generic names when the model is not in the bucket).
+
+    Returns:
+        ``{"prefix", "count", "n_pairs", "skipped"}``.
+    """
+    name = model_name(model_filename)
+    parts = list(read_embeddings_manifest(bucket, name, h3_resolution)["parts"])
+    sources = {key: _checksum(bucket, key) for key in parts}
+    params = {"n_pairs": n_pairs, "n_quantiles": n_quantiles, "seed": seed}
+    prefix = search_prefix(name, h3_resolution)
+    calibration = prefix + SIDECAR_FILES[-1]
+    meta = bucket.read_json(calibration) if bucket.exists(calibration) else {}
+    if (meta.get("sources"), meta.get("params")) == (sources, params) and all(
+        bucket.exists(prefix + file) for file in SIDECAR_FILES
+    ):
+        logger.info("search sidecars %s already match their %d source parts: not rebuilt", prefix, len(parts))
+        return {"prefix": prefix, "count": meta["count"], "n_pairs": meta["n_pairs"], "skipped": True}
+    with tempfile.TemporaryDirectory(prefix="vg-search-") as tmp:
+        meta = build_search_sidecars(
+            [bucket.download(key) for key in parts], tmp, model=name, h3_resolution=h3_resolution, sources=sources,
+            classes=_legend_classes(bucket, model_filename), **params,
+        )  # fmt: skip
+        bucket.delete(calibration)  # readers see no sidecars while files change, never a mix
+        for file in SIDECAR_FILES:
+            bucket.upload(Path(tmp) / file, prefix + file)
+    return {"prefix": prefix, "count": meta["count"], "n_pairs": meta["n_pairs"], "skipped": False}
+
+
+def _legend_classes(bucket: Bucket, model_filename: str) -> list[dict] | None:
+    """``[{"name", "color"}]`` per class from the model's sidecar, or None when the model is not in the bucket."""
+    key = model_keys(model_filename)["sidecar"]
+    if not bucket.exists(key):
+        logger.warning("no model sidecar %s: classes get generic names in search explanations", key)
+        return None
+    return [{"name": c["name"], "color": c.get("color")} for c in bucket.read_json(key)["legend"]["classes"]]
 
 
 def _without_secrets(url: str) -> str:

@@ -99,6 +99,9 @@ class EmbeddedPostgres:
             self._port = port
             return self.url
         self._init_cluster()
+        user = self._user()
+        if user is not None:  # parents may have lost o+x since initdb (pytest resets its base to 0700, say)
+            self._open_parents(user)
         for attempt in range(3):  # a free port can be taken between probing and binding
             port = _free_port()
             try:
@@ -218,11 +221,16 @@ class EmbeddedPostgres:
     def _hand_over(self, user: str) -> None:
         """Give ``data_dir`` to ``user`` and let it traverse the parents (root only)."""
         import pwd
-        import stat
 
         entry = pwd.getpwnam(user)
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
+        self._open_parents(user)
+
+    def _open_parents(self, user: str) -> None:
+        """Let ``user`` traverse every parent of ``data_dir`` (adds o+x where missing)."""
+        import stat
+
         for parent in self.data_dir.parents:
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:

@@ -1,0 +1,381 @@
+// VectorGeo web map: click a place, ask the search API for the most similar cells, draw and list them.
+// Plain script, no build step; Leaflet is vendored in vendor/leaflet. window.vg exposes the state
+// (tests and the browser console read it).
+"use strict";
+
+(() => {
+  const API_KEY = "vg.api";
+  const DEFAULT_API = "api"; // the local server (python -m vectorgeo.serve) serves the handler under /api/
+  const RAMP = ["#440154", "#414487", "#2a788e", "#22a884", "#7ad151", "#fde725"]; // viridis: low -> high
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    api: "", // the API base URL
+    loading: false,
+    error: "", // the message shown, "" when none
+    results: [], // the properties of the result features, best first
+    query: null, // the answer's query member
+    selected: null, // rank of the highlighted result
+    searches: 0, // searches answered so far
+    overview: null, // the land-cover overview's metadata once loaded, false when there is none
+  };
+  const map = L.map("map", { worldCopyJump: true }).setView([20, 0], 2);
+  map.createPane("landcover").style.zIndex = 350; // under the result hexagons (overlayPane, 400)
+  L.control.scale({ imperial: false }).addTo(map);
+  window.vg = { state, map };
+
+  const resultsLayer = L.featureGroup().addTo(map);
+  const queryLayer = L.featureGroup().addTo(map);
+  const layerByRank = new Map();
+  let controller = null;
+
+  // ---- the API endpoint: ?api= wins, then the saved one, then the local server's /api ----
+  function initialApi() {
+    const fromUrl = new URLSearchParams(location.search).get("api");
+    if (fromUrl) {
+      localStorage.setItem(API_KEY, fromUrl);
+      return fromUrl;
+    }
+    return localStorage.getItem(API_KEY) || DEFAULT_API;
+  }
+
+  function apiUrl(route, params) {
+    const base = state.api.replace(/\/+$/, "") + "/";
+    const url = new URL(route, new URL(base, location.href));
+    for (const [key, value] of Object.entries(params || {})) {
+      if (value !== "" && value !== null && value !== undefined) url.searchParams.set(key, value);
+    }
+    return url;
+  }
+
+  async function callApi(route, params, signal) {
+    const url = apiUrl(route, params);
+    let response;
+    try {
+      response = await fetch(url, { signal, headers: { Accept: "application/json" } });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new Error(`Cannot reach the API at ${url.origin}${url.pathname}: ${err.message}. Check the endpoint.`);
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      // a non-JSON answer: a wrong endpoint (an HTML page) or a proxy error
+    }
+    if (!response.ok) {
+      const reason = body && body.error ? body.error : `HTTP ${response.status} ${response.statusText}`;
+      throw new Error(reason);
+    }
+    if (body === null) throw new Error(`${url.pathname} did not answer JSON; is ${state.api} a VectorGeo API?`);
+    return body;
+  }
+
+  // ---- status and errors ----
+  function setStatus(text, loading = false) {
+    state.loading = loading;
+    $("status").textContent = text;
+    $("status").classList.toggle("loading", loading);
+  }
+
+  function showError(message) {
+    state.error = message || "";
+    $("error").textContent = state.error;
+    $("error").hidden = !state.error;
+  }
+
+  // ---- colours ----
+  function hexToRgb(hex) {
+    const n = parseInt(hex.slice(1), 16);
+    return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+  }
+
+  function rampColor(t) {
+    const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 1)) * (RAMP.length - 1);
+    const i = Math.min(RAMP.length - 2, Math.floor(x));
+    const a = hexToRgb(RAMP[i]);
+    const b = hexToRgb(RAMP[i + 1]);
+    const mix = a.map((v, j) => Math.round(v + (b[j] - v) * (x - i)));
+    return `rgb(${mix.join(",")})`;
+  }
+
+  // ---- formatting ----
+  const fmtKm = (km) => (km == null ? "" : km < 10 ? `${km.toFixed(1)} km` : `${Math.round(km)} km`);
+
+  function fmtTop(percentile) {
+    if (percentile == null) return "";
+    const top = 100 - percentile;
+    return top < 0.1 ? "top <0.1 %" : `top ${top < 10 ? top.toFixed(1) : Math.round(top)} %`;
+  }
+
+  function describe(explanation) {
+    if (!explanation) return "";
+    const parts = (explanation.classes || []).slice(0, 3).map((c) => `${c.name} ${Math.round(c.fraction * 100)} %`);
+    const elevation = explanation.mean_elevation_m;
+    if (Number.isFinite(elevation)) parts.push(`${Math.round(elevation)} m`);
+    return parts.join(" · ");
+  }
+
+  // ---- land-cover overview and legends ----
+  function legendControl(position, build) {
+    const control = L.control({ position });
+    control.onAdd = () => {
+      const div = L.DomUtil.create("div", "legend");
+      L.DomEvent.disableClickPropagation(div);
+      L.DomEvent.disableScrollPropagation(div);
+      build(div);
+      return div;
+    };
+    return control.addTo(map);
+  }
+
+  function addBasemapToggle(div) {
+    const basemap = L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", {
+      maxZoom: 19,
+      attribution: "&copy; OpenStreetMap contributors",
+    });
+    const label = L.DomUtil.create("label", "", div);
+    label.innerHTML = '<input type="checkbox" id="basemap"> online basemap (OpenStreetMap)';
+    label.querySelector("input").addEventListener("change", (e) => {
+      if (e.target.checked) basemap.addTo(map);
+      else basemap.remove();
+    });
+  }
+
+  async function loadOverview() {
+    let meta = null;
+    try {
+      const response = await fetch("overview/landcover.json");
+      if (response.ok) meta = await response.json();
+    } catch {
+      // no overview next to the page: the map works without it
+    }
+    legendControl("bottomright", (div) => {
+      if (!meta) {
+        div.innerHTML = "<h2>Land cover</h2><div>no overview next to this page</div>";
+        addBasemapToggle(div);
+        return;
+      }
+      const b = meta.bounds;
+      const bounds = [
+        [b.south, b.west],
+        [b.north, b.east],
+      ];
+      const image = L.imageOverlay("overview/landcover.png", bounds, { opacity: 0.65, pane: "landcover" }).addTo(map);
+      map.fitBounds(bounds, { animate: false });
+      const details = L.DomUtil.create("details", "", div);
+      details.open = true;
+      L.DomUtil.create("summary", "", details).textContent = `Land cover (${meta.legend})`;
+      for (const c of meta.classes) {
+        const item = L.DomUtil.create("div", "item", details);
+        const chip = L.DomUtil.create("span", "chip", item);
+        chip.style.background = c.color;
+        const name = L.DomUtil.create("span", "", item);
+        name.textContent = `${c.name} (${(c.fraction * 100).toFixed(c.fraction < 0.01 ? 1 : 0)} %)`;
+      }
+      const opacity = L.DomUtil.create("label", "", div);
+      opacity.innerHTML = 'opacity <input type="range" min="0" max="1" step="0.05" value="0.65">';
+      opacity.querySelector("input").addEventListener("input", (e) => image.setOpacity(Number(e.target.value)));
+      addBasemapToggle(div);
+    });
+    state.overview = meta || false; // the map is placed: tests may click now
+  }
+
+  const rampLegend = legendControl("bottomleft", (div) => {
+    div.hidden = true;
+    div.innerHTML =
+      '<h2>Similarity (cosine)</h2><div class="ramp"></div><div class="ends"><span></span><span></span></div>';
+    div.querySelector(".ramp").style.background = `linear-gradient(to right, ${RAMP.join(",")})`;
+  });
+
+  function showRamp(lo, hi) {
+    const div = rampLegend.getContainer();
+    const [left, right] = div.querySelectorAll(".ends span");
+    left.textContent = lo.toFixed(3);
+    right.textContent = hi.toFixed(3);
+    div.hidden = false;
+  }
+
+  // ---- search ----
+  function readControls() {
+    const value = (id) => $(id).value.trim();
+    return {
+      k: value("k") || 10,
+      radius_km: Number(value("radius_km")) > 0 ? value("radius_km") : "",
+      min_score: value("min_score"),
+      min_separation_km: Number(value("min_separation_km")) > 0 ? value("min_separation_km") : "",
+      store: value("store"),
+    };
+  }
+
+  function drawQuery(collection, lat, lng, radiusKm) {
+    queryLayer.clearLayers();
+    L.circleMarker([lat, lng], { radius: 4, color: "#111", weight: 2, fillOpacity: 1, className: "vg-click" }).addTo(
+      queryLayer,
+    );
+    if (radiusKm) {
+      L.circle([lat, lng], {
+        radius: radiusKm * 1000,
+        color: "#1f5fa8",
+        weight: 2,
+        dashArray: "6 5",
+        fill: false,
+        className: "vg-radius",
+        interactive: false,
+      }).addTo(queryLayer);
+    }
+    const geometry = collection.query && collection.query.geometry;
+    if (geometry) {
+      L.geoJSON(geometry, {
+        style: { color: "#000", weight: 3, fill: false, className: "vg-query" },
+        interactive: false,
+      }).addTo(queryLayer);
+    }
+  }
+
+  function tooltip(p) {
+    const div = document.createElement("div"); // text only: class names come from the API's legend
+    div.append(`#${p.rank} · score ${p.score.toFixed(3)} ${fmtTop(p.percentile)}`, document.createElement("br"));
+    div.append(describe(p.explanation));
+    return div;
+  }
+
+  function render(collection, lat, lng, params) {
+    resultsLayer.clearLayers();
+    layerByRank.clear();
+    state.selected = null;
+    const features = collection.features || [];
+    const scores = features.map((f) => f.properties.score);
+    const lo = Math.min(...scores);
+    const hi = Math.max(...scores);
+    const scale = (s) => (hi > lo ? (s - lo) / (hi - lo) : 1);
+    state.results = features.map((f) => f.properties);
+    state.query = collection.query || null;
+    drawQuery(collection, lat, lng, Number(params.radius_km) || 0);
+
+    const list = $("results");
+    list.replaceChildren();
+    const query = collection.query;
+    if (query && query.cells && query.cells.length) {
+      const li = document.createElement("li");
+      li.className = "query";
+      li.innerHTML = '<span class="rank">Q</span><span class="where"></span><span></span><span class="detail"></span>';
+      li.querySelector(".where").textContent = query.cells.join(", ");
+      li.querySelector(".detail").textContent = describe(query.explanation) || "the clicked cell";
+      list.append(li);
+    }
+    for (const feature of features) {
+      const p = feature.properties;
+      const color = rampColor(scale(p.score));
+      const layer = L.geoJSON(feature, {
+        style: { color: "#fff", weight: 1.5, fillColor: color, fillOpacity: 0.85, className: "vg-result" },
+      });
+      layer.bindTooltip(tooltip(p));
+      layer.on("click", (e) => {
+        L.DomEvent.stopPropagation(e);
+        select(p.rank);
+      });
+      layer.addTo(resultsLayer);
+      layerByRank.set(p.rank, layer);
+
+      const li = document.createElement("li");
+      li.dataset.rank = p.rank;
+      li.innerHTML =
+        `<span class="rank">${p.rank}</span>` +
+        `<span class="score"><span class="swatch" style="background:${color}"></span>${p.score.toFixed(3)}</span>` +
+        `<span class="where"></span><span class="detail"></span>`;
+      li.querySelector(".where").textContent = [fmtTop(p.percentile), fmtKm(p.distance_km)].filter(Boolean).join(" · ");
+      li.querySelector(".detail").textContent = `${p.h3} · ${describe(p.explanation)}`;
+      li.addEventListener("click", () => select(p.rank, true));
+      list.append(li);
+    }
+    if (features.length) showRamp(lo, hi);
+    const model = collection.model ? ` · model ${collection.model}` : "";
+    const store = collection.store ? ` · ${collection.store}` : "";
+    setStatus(`${features.length} similar cells${store}${model}`);
+  }
+
+  function select(rank, zoom = false) {
+    const layer = layerByRank.get(rank);
+    if (!layer) return;
+    for (const [r, other] of layerByRank)
+      other.setStyle(r === rank ? { color: "#000", weight: 3 } : { color: "#fff", weight: 1.5 });
+    layer.bringToFront();
+    for (const li of $("results").children) li.classList.toggle("active", Number(li.dataset.rank) === rank);
+    state.selected = rank;
+    if (zoom) map.flyToBounds(layer.getBounds(), { maxZoom: 12, duration: 0.6 });
+    else $("results").querySelector(`li[data-rank="${rank}"]`)?.scrollIntoView({ block: "nearest" });
+  }
+
+  async function search(lat, lng) {
+    if (controller) controller.abort();
+    controller = new AbortController();
+    const params = readControls();
+    showError("");
+    setStatus("Searching…", true);
+    try {
+      const collection = await callApi(
+        "search",
+        { lat: lat.toFixed(6), lng: lng.toFixed(6), ...params },
+        controller.signal,
+      );
+      state.searches += 1;
+      render(collection, lat, lng, params);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      setStatus("");
+      showError(err.message);
+    }
+  }
+
+  function offerStores(health) {
+    const select = $("store");
+    if (!Array.isArray(health.stores)) return;
+    const chosen = select.value;
+    select.replaceChildren(new Option(`${health.default_store} (default)`, ""));
+    for (const kind of health.stores) select.append(new Option(kind, kind));
+    select.value = health.stores.includes(chosen) ? chosen : "";
+  }
+
+  async function checkHealth() {
+    setStatus("Connecting…", true);
+    try {
+      const health = await callApi("health", { store: $("store").value });
+      offerStores(health);
+      if (health.reachable === false) throw new Error(health.error || `store ${health.store} does not answer`);
+      const count = Number.isFinite(health.count) ? `${health.count.toLocaleString()} cells` : "";
+      const bits = [
+        health.model && `model ${health.model}`,
+        health.resolution != null && `res ${health.resolution}`,
+        health.store,
+        count,
+      ];
+      setStatus(`Ready: ${bits.filter(Boolean).join(" · ")}. Click on land.`);
+      showError("");
+    } catch (err) {
+      setStatus("");
+      showError(err.message);
+    }
+  }
+
+  // ---- wiring ----
+  state.api = initialApi();
+  $("api").value = state.api;
+  $("api-save").addEventListener("click", () => {
+    state.api = $("api").value.trim() || DEFAULT_API;
+    localStorage.setItem(API_KEY, state.api);
+    checkHealth();
+  });
+  $("api").addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      $("api-save").click();
+    }
+  });
+  $("controls").addEventListener("submit", (e) => e.preventDefault());
+  $("store").addEventListener("change", checkHealth);
+  map.on("click", (e) => search(e.latlng.lat, e.latlng.wrap().lng));
+
+  loadOverview();
+  checkHealth();
+})();
