@@ -4,8 +4,11 @@ API path /api/search. Builds an index of N real H3 land cells (global land stenc
 sampled) with clustered unit vectors, class fractions and elevations, loads it
 with flow 04's own job (every store, the search sidecars), starts
 ``python -m vectorgeo.serve`` on it, and replays ``GET /search?lat=&lng=&k=10&store=``
-for random indexed cells from 1 and from 16 concurrent clients (keep-alive
-connections, one thread each, in this process; the server is another process).
+for random indexed cells from 1 and from 16 concurrent clients over keep-alive
+connections: with ``wrk`` (Debian's package; ``--client wrk``, the default when
+it is on PATH) for a fixed time, or with this script's own threads
+(``--client python``: it needs no install but its threads take CPU from the
+server on a 2-core machine).
 Prints requests/s and p50/p99 latency side by side and writes
 benchmarks/results/search_load_n{N}.json. The built index is kept in --work
 and reused by later runs (loads are resumable, the FAISS index and sidecars are
@@ -21,6 +24,8 @@ import http.client
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -95,7 +100,8 @@ def start_server(work: Path, resolution: int, stores: list[str], port: int) -> s
     cmd = [sys.executable, "-m", "vectorgeo.serve", "--port", str(port), "--bucket", str(work / "bucket"),
            "--model", f"{MODEL}.keras", "--resolution", str(resolution), "--stores", ",".join(stores),
            "--data-dir", str(work / "stores")]  # fmt: skip
-    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = (work / "server.log").open("w")  # a pipe nobody reads would fill up and stall the server
+    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
@@ -109,7 +115,7 @@ def start_server(work: Path, resolution: int, stores: list[str], port: int) -> s
             return server
         except (ConnectionRefusedError, http.client.RemoteDisconnected, OSError):
             if server.poll() is not None:
-                raise RuntimeError(f"server exited: {server.stdout.read()[-2000:]}") from None
+                raise RuntimeError(f"server exited: {(work / 'server.log').read_text()[-2000:]}") from None
             time.sleep(0.5)
     server.kill()
     raise RuntimeError("server did not answer /health within 300 s")
@@ -163,13 +169,58 @@ def run_load(port: int, kind: str, lat: np.ndarray, lng: np.ndarray, clients: in
     }
 
 
+_WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("VG_WRK_PATHS")) do paths[#paths + 1] = line end
+local i = math.random(#paths)
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(work: Path, port: int, kind: str, lat, lng, clients: int, seconds: int) -> dict:
+    """wrk with ``clients`` keep-alive connections for ``seconds``, random indexed cells; its latency percentiles."""
+    rng = np.random.default_rng(clients)
+    paths = work / f"paths-{kind}.txt"
+    paths.write_text("".join(f"/api/search?lat={lat[i]:.6f}&lng={lng[i]:.6f}&k=10&store={kind}\n"
+                             for i in rng.integers(0, len(lat), 20_000)))  # fmt: skip
+    script = work / "wrk.lua"
+    script.write_text(_WRK_SCRIPT)
+    cmd = ["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script),
+           f"http://127.0.0.1:{port}"]  # fmt: skip
+    out = subprocess.run(cmd, env={**os.environ, "VG_WRK_PATHS": str(paths)}, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if bad or errors:
+        raise RuntimeError(f"wrk saw failed requests on {kind}:\n{out}")
+    percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {
+        "requests": requests,
+        "requests_per_s": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+        "p50_ms": round(_ms(percentile["50"]), 2),
+        "p99_ms": round(_ms(percentile["99"]), 2),
+        "mean_ms": round(_ms(re.search(r"Latency\s+(\S+)", out).group(1)), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="indexed cells")
     parser.add_argument("--resolution", type=int, default=6, help="H3 resolution of the sampled land cells")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--stores", default="qdrant,pgvector,faiss")
-    parser.add_argument("--requests", type=int, default=2000, help="requests per store and concurrency")
+    parser.add_argument("--requests", type=int, default=2000, help="python client: requests per store and concurrency")
+    parser.add_argument("--seconds", type=int, default=15, help="wrk client: seconds per store and concurrency")
+    parser.add_argument("--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
     parser.add_argument("--work", default=str(REPO / "tmp" / "bench-search-load"), help="kept between runs")
     args = parser.parse_args()
     stores = [s for s in args.stores.split(",") if s]
@@ -182,7 +233,10 @@ def main() -> None:
     try:
         for kind in stores:
             run_load(port, kind, lat, lng, 4, 200)  # warm-up: caches, connections, first plans
-            results[kind] = {f"clients_{c}": run_load(port, kind, lat, lng, c, args.requests) for c in (1, 16)}
+            if args.client == "wrk":
+                results[kind] = {f"clients_{c}": run_wrk(work, port, kind, lat, lng, c, args.seconds) for c in (1, 16)}
+            else:
+                results[kind] = {f"clients_{c}": run_load(port, kind, lat, lng, c, args.requests) for c in (1, 16)}
             print(f"{kind}: {json.dumps(results[kind])}", flush=True)
     finally:
         server.terminate()
@@ -191,7 +245,8 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
 
-    print(f"\nGET /search, k = 10, {len(lat):,} indexed res-{args.resolution} cells, dim {args.dim}, local server")
+    print(f"\nGET /search, k = 10, {len(lat):,} indexed res-{args.resolution} cells, dim {args.dim}, local server, "
+          f"{args.client} client")  # fmt: skip
     print(f"{'':28}" + "".join(f"{k:>18}" for k in results))
     for c in (1, 16):
         for label, key in (("req/s", "requests_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")):
@@ -203,6 +258,7 @@ def main() -> None:
         "h3_resolution": args.resolution,
         "dim": args.dim,
         "k": 10,
+        "client": args.client,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
     }

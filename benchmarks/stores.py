@@ -5,11 +5,12 @@ flatter nothing) at land-like locations, per store (Qdrant Edge, embedded
 PostgreSQL + pgvector, FAISS): load rate, index build time, recall@10 against
 exact search, single-threaded query latency p50/p99 unfiltered and with
 50 km and 1,000 km radius filters (and whether k rows came back whenever k
-exist), and disk and resident memory per million vectors. Memory is the
-proportional set size (PSS, shared pages split between sharers) that the
-store added to this process, plus, for PostgreSQL, its server processes
-after the queries (bounded by its shared_buffers; the OS page cache serves
-the rest and is not counted). Writes
+exist), and disk and resident memory per million vectors. Memory is what
+serving costs: a fresh process opens the built store, runs 300 queries (all
+three kinds), and reports the proportional set size (PSS, shared pages split
+between sharers) the store added to it, plus, for PostgreSQL, its server
+processes (bounded by shared_buffers; the OS page cache serves the rest and
+is not counted). Writes
 benchmarks/results/stores_d{D}_n{N}.json.
 
     .venv/bin/python benchmarks/stores.py --n 1000000 --dim 16
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +89,28 @@ def server_pss_mb(store) -> float:
     return sum(pss_mb(pid) for pid in pids)
 
 
+def serving_memory_mb(kind: str, data_dir: str, dim: int) -> float:
+    """Open the built store in a fresh process, query it, return the PSS it added there (+ its server's)."""
+    probe = [sys.executable, __file__, "--probe-memory", kind, data_dir, "--dim", str(dim)]
+    done = subprocess.run(probe, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def probe_memory(kind: str, data_dir: str, dim: int) -> None:
+    """The --probe-memory mode: print the MB the opened, queried store holds."""
+    rng = np.random.default_rng(1)
+    lat, lng = land_points(100, rng)  # loads the land mask: before the baseline
+    queries = clustered_vectors(300, dim, rng)
+    before_mb = pss_mb()
+    store = open_store(kind, "bench", data_dir=data_dir)
+    for i, q in enumerate(queries):
+        radius = (None, 50.0, 1000.0)[i % 3]
+        geo = None if radius is None else GeoFilter(lat=float(lat[i % 100]), lng=float(lng[i % 100]), radius_km=radius)
+        store.search(q, 10, geo=geo)
+    print(pss_mb() - before_mb + server_pss_mb(store))
+    store.close()
+
+
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -97,7 +121,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--stores", default="qdrant,pgvector,faiss")
+    parser.add_argument("--probe-memory", nargs=2, metavar=("KIND", "DATA_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe_memory:
+        probe_memory(*args.probe_memory, args.dim)
+        return
     rng = np.random.default_rng(0)
     lat, lng = land_points(args.n, rng)
     vectors = clustered_vectors(args.n, args.dim, rng)
@@ -113,7 +141,6 @@ def main() -> None:
     results = {}
     for kind in args.stores.split(","):
         with tempfile.TemporaryDirectory(prefix=f"vg-bench-{kind}-") as tmp:
-            before_mb = pss_mb()
             store = open_store(kind, "bench", data_dir=tmp)
             store.create(args.dim, wipe=True)
             started = time.perf_counter()
@@ -140,9 +167,8 @@ def main() -> None:
                     "recall_at_10": round(float(np.mean(recalls)), 4),
                     "queries_short_of_k": short,
                 }
-            memory_mb = pss_mb() - before_mb + server_pss_mb(store)
-            row["memory_mb_per_million"] = round(memory_mb * 1e6 / args.n, 1)
             store.close()
+            row["memory_mb_per_million"] = round(serving_memory_mb(kind, tmp, args.dim) * 1e6 / args.n, 1)
             row["disk_mb_per_million"] = round(dir_size_mb(Path(tmp)) * 1e6 / args.n, 1)
             shutil.rmtree(tmp, ignore_errors=True)
         results[kind] = row

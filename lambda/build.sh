@@ -38,8 +38,8 @@ if [ "$deps" = 1 ]; then
     --python-version "${LAMBDA_PYTHON_VERSION:-3.12}" \
     -r "$here/requirements.txt"
 fi
-for banned in tensorflow keras jax jaxlib torch; do
-  if [ -e "$build/$banned" ]; then
+for banned in tensorflow tf_keras keras jax jaxlib torch; do
+  if [ -e "$build/$banned" ] || compgen -G "$build/${banned}-*.dist-info" >/dev/null; then
     echo "build.sh: $banned ended up in the zip (pulled in by lambda/requirements.txt?); the Lambda must not load the model" >&2
     exit 1
   fi

@@ -48,6 +48,7 @@ from vectorgeo.search import (
     SearchService,
     cell_from_string,
     open_search_service,
+    quoted,
 )
 from vectorgeo.transfer import Bucket
 
@@ -181,7 +182,7 @@ def handler(event: dict, context: object) -> dict:
         methods = _ROUTES.get(request.path)
         if methods is None:
             routes = ", ".join(f"{m} {p}" for p, ms in _ROUTES.items() for m in ms)
-            raise _HttpError(404, f"no route {_shown(request.path)}; routes: {routes}")
+            raise _HttpError(404, f"no route {quoted(request.path)}; routes: {routes}")
         if request.method == "OPTIONS":
             return _preflight(methods)
         if request.method not in methods:
@@ -299,7 +300,7 @@ def _query_params(request: _Request, allowed: tuple[str, ...]) -> dict[str, str]
             hint = " (longitude is 'lng')" if name in ("lon", "long", "longitude") else ""
             listed = ", ".join(allowed) or "none"
             raise InvalidInputError(
-                f"unknown parameter {_shown(name)}{hint} for {request.method} {request.path}; allowed: {listed}"
+                f"unknown parameter {quoted(name)}{hint} for {request.method} {request.path}; allowed: {listed}"
             )
         if len(values) != 1:
             raise InvalidInputError(f"{name} is given {len(values)} times; give it once")
@@ -311,7 +312,7 @@ def _json_body(request: _Request, allowed: tuple[str, ...]) -> dict:
     if len(request.body) > MAX_BODY_BYTES:
         raise _HttpError(413, f"the body is {len(request.body)} bytes; at most {MAX_BODY_BYTES}")
     try:
-        body = json.loads(request.body.decode("utf-8"), parse_constant=_no_constant)
+        body = json.loads(request.body.decode("utf-8"), parse_constant=_no_constant, parse_int=_json_int)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _HttpError(400, f"the body must be a JSON object ({exc})") from exc
     if not isinstance(body, dict):
@@ -322,14 +323,13 @@ def _json_body(request: _Request, allowed: tuple[str, ...]) -> dict:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def _shown(value: object, limit: int = 60) -> str:
-    """``repr`` of a client's value for an error message, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_int(text: str) -> int | float:
+    """JSON integers past 18 digits become floats (inf past ~308): ``float()`` of a huge int would overflow."""
+    return int(text) if len(text) <= 18 else float(text)
 
 
 def _query(p: dict) -> Query:
@@ -353,12 +353,12 @@ def _options(p: dict) -> SearchOptions:
     k = p.get("k", 10)
     if isinstance(k, _Text):
         if not re.fullmatch(r"\s*[+-]?\d{1,9}\s*", k):
-            raise InvalidInputError(f"k must be an integer, 1..1000, got {_shown(k)}")
+            raise InvalidInputError(f"k must be an integer, 1..1000, got {quoted(k)}")
         k = int(k)
     include = p.get("include_query", False)
     if isinstance(include, _Text):
         if include.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise InvalidInputError(f"include_query must be true or false, got {_shown(include)}")
+            raise InvalidInputError(f"include_query must be true or false, got {quoted(include)}")
         include = include.strip().lower() in ("true", "1", "yes")
     return SearchOptions(
         k=k,
@@ -374,7 +374,7 @@ def _options(p: dict) -> SearchOptions:
 def _store(p: dict) -> str | None:
     store = p.get("store")
     if store is not None and not isinstance(store, str):
-        raise InvalidInputError(f"store must be a string such as 'faiss', got {_shown(store)}")
+        raise InvalidInputError(f"store must be a string such as 'faiss', got {quoted(store)}")
     return store
 
 
@@ -386,15 +386,17 @@ def _number(p: dict, name: str) -> float | None:
     hint = f" ({_HINTS[name]})" if name in _HINTS else ""
     if isinstance(value, _Text):
         try:
+            if "_" in value:  # float() reads "1_0" as 10; a client means no such thing
+                raise ValueError(value)
             number = float(value)
         except ValueError:
-            raise InvalidInputError(f"{name} must be a number{hint}, got {_shown(value)}") from None
+            raise InvalidInputError(f"{name} must be a number{hint}, got {quoted(value)}") from None
     elif isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
     else:
-        raise InvalidInputError(f"{name} must be a number{hint}, got {_shown(value)}")
+        raise InvalidInputError(f"{name} must be a number{hint}, got {quoted(value)}")
     if not math.isfinite(number):
-        raise InvalidInputError(f"{name} must be a finite number{hint}, got {_shown(value)}")
+        raise InvalidInputError(f"{name} must be a finite number{hint}, got {quoted(value)}")
     return number
 
 
@@ -403,7 +405,7 @@ def _bbox(value: object) -> tuple[float, ...] | None:
         return None
     parts = [_Text(v) for v in value.split(",")] if isinstance(value, str) else value
     if not isinstance(parts, list) or len(parts) != 4:
-        raise InvalidInputError(f"bbox must be west,south,east,north (4 numbers, degrees), got {_shown(value)}")
+        raise InvalidInputError(f"bbox must be west,south,east,north (4 numbers, degrees), got {quoted(value)}")
     return tuple(_number({"bbox": v}, "bbox") for v in parts)
 
 
@@ -413,7 +415,7 @@ def _cells(value: object, name: str) -> tuple[int, ...]:
         return ()
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-        raise InvalidInputError(f"{name} must be a list of H3 cell id strings, got {_shown(value)}")
+        raise InvalidInputError(f"{name} must be a list of H3 cell id strings, got {quoted(value)}")
     return tuple(cell_from_string(v, name) for v in items)
 
 

@@ -28,6 +28,9 @@ echo "  embeddings:     $bucket/embeddings/${model%.keras}/res$res/ (part-*.parq
 echo "  stores:         ${VG_DATA_DIR:-data/stores}/ (Qdrant Edge, embedded PostgreSQL), $bucket/indexes/ (FAISS)"
 echo "  evaluation:     $bucket/reports/${model%.keras}/res$res/evaluation.json (+ .png)"
 echo "  rasters:        $bucket/rasters/ (the synthetic default)"
+if [ "${VG_DEMO_SERVE:-1}" = 0 ]; then  # e.g. on a machine where nobody will look at the map
+  exit 0
+fi
 echo
 echo "Starting the local server: the search API under /api/ and the web map (Ctrl-C stops it)."
-exec "$py" -m vectorgeo.serve --resolution "$res" --model "$model"
+exec "$py" -m vectorgeo.serve --resolution "$res" --model "$model" --port "${VG_PORT:-8000}"

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import h3.api.basic_int as h3i
 import numpy as np
 import pytest
-from test_search import CENTRE, RES, build_search_bucket
+from search_data import CENTRE, RES, build_search_bucket
 from test_serve import KINDS, REPO_ROOT, serve_command, start_cli, write_landcover
 
 CHROMIUM = Path(os.environ.get("VG_CHROMIUM", "/usr/bin/chromium"))
@@ -144,6 +144,10 @@ def test_errors_are_shown_and_the_endpoint_can_be_fixed(page, url, data):
     page.wait_for_selector("#error:not([hidden])")
     assert "Cannot reach the API at http://127.0.0.1:9/health" in page.inner_text("#error")
     page.screenshot(path=str(ARTIFACTS / "map-bad-endpoint.png"))
+    page.goto(url)  # a ?api= link points this visit only: it is not saved
+    assert page.evaluate("vg.state.api") != "http://127.0.0.1:9/"
+    _open(page, url, "?api=http://127.0.0.1:9/")
+    page.wait_for_selector("#error:not([hidden])")
 
     page.click("#endpoint-box summary")
     page.fill("#api", url + "api/")

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
+from search_data import CENTRE, RES, build_search_bucket, open_test_service
 
 from tests.conftest import REPO_ROOT
-from tests.test_search import CENTRE, RES, build_search_bucket, open_test_service
 from vectorgeo.errors import StoreUnavailableError
 from vectorgeo.search import Query, SearchOptions, SearchService
 
@@ -265,6 +265,10 @@ def _errors(data):
         (post({"h3": [cell] * 101}), 400, "at most 100 cells per query"),
         (post({"h3": cell, "radius_km": True}), 400, "radius_km must be a number"),
         (post('{"lat": 1e400, "lng": 1}'), 400, "lat must be a finite number"),
+        (post('{"lat": ' + "9" * 400 + ', "lng": 1}'), 400, "lat must be a finite number"),
+        (post('{"vector": [' + ",".join(["9" * 400] * 8) + "]}"), 400, "vector"),
+        (post('{"h3": "' + cell + '", "radius_km": ' + "1" * 320 + "}"), 400, "radius_km must be a finite number"),
+        (get("/search", lat="1_0", lng="1"), 400, "lat must be a number"),
         (post({"lat": float("inf"), "lng": 1}), 400, "Infinity is not a JSON number"),
         (post({"positive": [cell], "negative": [cell], "alpha": 1}), 400, "the query cells cancel out"),
         (post({"h3": [sea]}), 404, "is not in the index"),
@@ -358,7 +362,14 @@ def _fuzz_values(data):
 
 def _json_values(cells):
     scalars = st.one_of(
-        st.none(), st.booleans(), st.integers(-2000, 2000), st.floats(), st.text(max_size=8), st.sampled_from(cells)
+        st.none(),
+        st.booleans(),
+        st.integers(-2000, 2000),
+        st.integers(),
+        st.integers(10**300, 10**400),
+        st.floats(),
+        st.text(max_size=8),
+        st.sampled_from(cells),
     )
     return st.recursive(scalars, lambda inner: st.lists(inner, max_size=9) | st.dictionaries(st.text(max_size=4),
                                                                                               inner, max_size=3),
@@ -451,6 +462,16 @@ def test_build_script_makes_a_zip_without_the_model_frameworks(tmp_path):
     assert not [n for n in names if n.split("/")[0] in ("tensorflow", "keras", "jax", "jaxlib") or "__pycache__" in n]
     bad = subprocess.run(["bash", str(REPO_ROOT / "lambda" / "build.sh"), "--zip"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option '--zip'" in bad.stderr
+
+
+def test_the_lambda_pins_are_the_projects_and_hold_no_model_framework():
+    def pins(path):
+        lines = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+        return dict(re.sub(r"\[.*\]", "", ln).lower().split("==") for ln in lines if "==" in ln)
+
+    lambda_pins, project_pins = pins(REPO_ROOT / "lambda" / "requirements.txt"), pins(REPO_ROOT / "requirements.txt")
+    assert lambda_pins and not set(lambda_pins) & {"tensorflow", "tf-keras", "keras", "jax", "jaxlib", "torch"}
+    assert {name: project_pins.get(name) for name in lambda_pins} == lambda_pins  # the versions the tests ran
 
 
 def test_the_handler_never_loads_the_model_frameworks(data, tmp_path):

@@ -1,7 +1,7 @@
 """The local server: static files of vg_site/, nothing outside it, and every API request through the Lambda handler.
 
 The handler answers from a real search service over FAISS and Qdrant Edge, built by flow 04's jobs
-(``build_search_bucket`` from ``test_search``); the CLI runs as a real process.
+(``build_search_bucket`` from ``search_data``); the CLI runs as a real process.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,13 +22,14 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
-from test_search import CENTRE, RES, build_search_bucket, open_test_service
+from search_data import CENTRE, RES, build_search_bucket, open_test_service
 
 from vectorgeo.legends import BUILTIN_LEGENDS
 from vectorgeo.overview import render_overview
 from vectorgeo.serve import API_PREFIX, SITE_DIR, http_to_lambda_event, load_lambda_handler, make_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
 KINDS = ("faiss", "qdrant")
 
 
@@ -261,3 +263,27 @@ def test_the_cli_writes_the_overview_for_a_static_site(data, landcover, tmp_path
     meta = json.loads((out / "landcover.json").read_text())
     assert max(meta["width"], meta["height"]) == 128
     assert (out / "landcover.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        ("POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n", 405),
+        ("POST /api/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n", 411),
+    ],
+    ids=["unread-body", "chunked"],
+)
+def test_a_body_left_unread_is_never_taken_for_a_request(base, head, status):
+    host, port = re.match(r"http://([^:/]+):(\d+)", base).groups()
+    inner = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.format(n=len(inner)).encode() + inner)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # the server closed the connection: no second answer
+
+
+def test_a_file_name_too_long_is_a_404(base):
+    assert request(base, "GET", "/" + "a" * 5000)[0] == 404

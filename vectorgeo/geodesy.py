@@ -6,12 +6,17 @@ sampler (neighbour placement), so both use one Earth.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["EARTH_RADIUS_M", "haversine_m", "destination_points"]
+__all__ = ["EARTH_RADIUS_M", "HALF_CIRCUMFERENCE_KM", "haversine_m", "destination_points"]
 
 EARTH_RADIUS_M = 6_371_008.8
 """Mean Earth radius (IUGG), metres."""
+
+HALF_CIRCUMFERENCE_KM = math.pi * EARTH_RADIUS_M / 1000
+"""The farthest two points on the sphere can be apart (km): the largest radius a filter can need."""
 
 
 def haversine_m(lat1: np.ndarray, lng1: np.ndarray, lat2: np.ndarray, lng2: np.ndarray) -> np.ndarray:

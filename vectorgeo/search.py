@@ -11,7 +11,8 @@ or several cells (their mean vector, renormalised), positive and negative cells
 leans away from the negatives without forgetting the positives), or an explicit vector.
 
 Post-filters (``min_score``, ``min_separation_km``, ``exclude_within_km``) run on candidates from
-the store, which is asked for ``4 k`` of them and then 4 times more each round until ``k`` pass,
+the store, which is asked for ``k`` of them (``4 k`` with a spatial post-filter: separation or
+exclusion) and then 4 times more each round until ``k`` pass,
 the store runs dry, or :data:`MAX_CANDIDATES` were examined; past that cap fewer than ``k``
 results come back (``n_candidates`` in the answer says how many were examined).
 
@@ -39,7 +40,7 @@ from vectorgeo.errors import (
     StoreUnavailableError,
     VectorGeoError,
 )
-from vectorgeo.geodesy import EARTH_RADIUS_M, haversine_m
+from vectorgeo.geodesy import HALF_CIRCUMFERENCE_KM, haversine_m
 from vectorgeo.search_index import SIDECAR_FILES, SearchSidecars, index_prefix, search_prefix
 from vectorgeo.stores import STORE_KINDS, GeoFilter, Match, VectorStore, open_store
 from vectorgeo.transfer import Bucket
@@ -55,6 +56,7 @@ __all__ = [
     "cell_from_string",
     "collection_name",
     "open_search_service",
+    "quoted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,7 +73,6 @@ DEFAULT_ALPHA = 0.5
 TOP_CLASSES = 5
 """Classes listed in each result's explanation."""
 _OVERFETCH = 4
-_HALF_EARTH_KM = math.pi * EARTH_RADIUS_M / 1000
 
 
 def collection_name(model: str, h3_resolution: int) -> str:
@@ -89,11 +90,11 @@ def cell_from_string(text: str, what: str = "h3") -> int:
     if isinstance(text, str) and re.fullmatch(r"[0-9a-fA-F]{1,16}", text.strip()):
         cell = int(text.strip(), 16)
     if not cell or not h3i.is_valid_cell(cell):
-        raise InvalidInputError(f"{what} must be an H3 cell id string like '8728f5990ffffff', got {_shown(text)}")
+        raise InvalidInputError(f"{what} must be an H3 cell id string like '8728f5990ffffff', got {quoted(text)}")
     return cell
 
 
-def _shown(value: object, limit: int = 60) -> str:
+def quoted(value: object, limit: int = 60) -> str:
     """``repr`` of a client's value for an error message, cut to ``limit`` characters."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -101,10 +102,13 @@ def _shown(value: object, limit: int = 60) -> str:
 
 def _finite(value: float, what: str, lo: float, hi: float, unit: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise InvalidInputError(f"{what} must be a number, got {_shown(value)}")
-    value = float(value)
+        raise InvalidInputError(f"{what} must be a number, got {quoted(value)}")
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float
+        raise InvalidInputError(f"{what} must be between {lo:g} and {hi:g}{unit}, got {quoted(value)}") from None
     if not (math.isfinite(value) and lo <= value <= hi):
-        raise InvalidInputError(f"{what} must be between {lo:g} and {hi:g}{unit}, got {_shown(value)}")
+        raise InvalidInputError(f"{what} must be between {lo:g} and {hi:g}{unit}, got {quoted(value)}")
     return value
 
 
@@ -141,7 +145,7 @@ class Query:
             if len(cells) > MAX_QUERY_CELLS:
                 raise InvalidInputError(f"at most {MAX_QUERY_CELLS} {what} per query, got {len(cells)}")
             if not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in cells):
-                raise InvalidInputError(f"{what} must be H3 cell ids (uint64 integers), got {_shown(cells)}")
+                raise InvalidInputError(f"{what} must be H3 cell ids (uint64 integers), got {quoted(cells)}")
         if self.negative and not self.cells:
             raise InvalidInputError("negative cells need positive cells to lean away from")
         _finite(self.alpha, "alpha", 0, 1)
@@ -177,9 +181,9 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int | np.integer) or not 1 <= self.k <= MAX_K:
-            raise InvalidInputError(f"k must be an integer between 1 and {MAX_K}, got {_shown(self.k)}")
+            raise InvalidInputError(f"k must be an integer between 1 and {MAX_K}, got {quoted(self.k)}")
         if self.radius_km is not None:
-            if _finite(self.radius_km, "radius_km", 0, _HALF_EARTH_KM, " km") == 0:
+            if _finite(self.radius_km, "radius_km", 0, HALF_CIRCUMFERENCE_KM, " km") == 0:
                 raise InvalidInputError("radius_km must be greater than 0")
             if self.bbox is not None:
                 raise InvalidInputError("give radius_km or bbox, not both")
@@ -189,10 +193,10 @@ class SearchOptions:
             GeoFilter(bbox=tuple(_finite(v, "bbox values", -180, 180, " degrees") for v in self.bbox))
         if self.min_score is not None:
             _finite(self.min_score, "min_score", -1, 1)
-        _finite(self.min_separation_km, "min_separation_km", 0, _HALF_EARTH_KM, " km")
-        _finite(self.exclude_within_km, "exclude_within_km", 0, _HALF_EARTH_KM, " km")
+        _finite(self.min_separation_km, "min_separation_km", 0, HALF_CIRCUMFERENCE_KM, " km")
+        _finite(self.exclude_within_km, "exclude_within_km", 0, HALF_CIRCUMFERENCE_KM, " km")
         if not isinstance(self.include_query, bool):
-            raise InvalidInputError(f"include_query must be true or false, got {_shown(self.include_query)}")
+            raise InvalidInputError(f"include_query must be true or false, got {quoted(self.include_query)}")
 
 
 @dataclass(frozen=True)
@@ -256,25 +260,28 @@ class SearchService:
         """
         options = options or SearchOptions()
         kind = self._kind(store)
-        with self._locks[kind]:
-            resolved = self._resolve(kind, query)
-            matches, examined = self._nearest(kind, resolved, options)
+        resolved = self._resolve(kind, query)
+        matches, examined = self._nearest(kind, resolved, options)
         h3 = np.array([m.h3 for m in matches], np.uint64)
         scores = np.array([m.score for m in matches], np.float64)
         percentiles = self.sidecars.percentile(scores) if self.sidecars else None
         query_attrs = self._mean_attributes(np.array(resolved.cells, np.uint64)) if resolved.cells else None
         explanations = self._explanations(h3, query_attrs)
+        lat = np.array([m.lat for m in matches], np.float64)
+        lng = np.array([m.lng for m in matches], np.float64)
+        distances = [None] * len(matches)  # one vectorised pass per answer, not one per match
+        if resolved.centre is not None and len(matches):
+            distances = np.round(haversine_m(resolved.centre[0], resolved.centre[1], lat, lng) / 1000, 3).tolist()
+        rounded_scores = np.round(scores, 6).tolist()
+        rounded_percentiles = [None] * len(matches) if percentiles is None else np.round(percentiles, 3).tolist()
         features = []
         for rank, m in enumerate(matches):
-            distance = None
-            if resolved.centre is not None:
-                distance = float(haversine_m(resolved.centre[0], resolved.centre[1], m.lat, m.lng)) / 1000
             properties = {
                 "h3": h3i.int_to_str(m.h3),
                 "rank": rank + 1,
-                "score": round(float(m.score), 6),
-                "percentile": None if percentiles is None else round(float(percentiles[rank]), 3),
-                "distance_km": None if distance is None else round(distance, 3),
+                "score": rounded_scores[rank],
+                "percentile": rounded_percentiles[rank],
+                "distance_km": distances[rank],
                 "lat": float(m.lat),
                 "lng": float(m.lng),
                 "explanation": explanations[rank],
@@ -308,8 +315,7 @@ class SearchService:
             raise InvalidInputError("give an h3 cell, or lat and lng")
         query = Query(cells=(h3,)) if h3 is not None else Query(lat=lat, lng=lng)
         kind = self._kind(store)
-        with self._locks[kind]:
-            resolved = self._resolve(kind, query)
+        resolved = self._resolve(kind, query)
         cell = resolved.cells[0]
         attrs = self._mean_attributes(np.array([cell], np.uint64))
         properties = {
@@ -346,8 +352,7 @@ class SearchService:
             "default_store": self.default_store,
         }
         try:
-            with self._locks[kind]:
-                report["count"] = self._call(kind, lambda vs: vs.count())
+            report["count"] = self._call(kind, lambda vs: vs.count())
         except StoreUnavailableError as exc:
             report.update(status="unavailable", reachable=False, error=str(exc))
         return report
@@ -364,12 +369,12 @@ class SearchService:
         kind = self.default_store if store is None else store
         if kind not in self._openers:
             served = ", ".join(self._openers)
-            known = f"unknown store {_shown(kind)}" if kind not in STORE_KINDS else f"store {kind!r} is not served here"
+            known = f"unknown store {quoted(kind)}" if kind not in STORE_KINDS else f"store {kind!r} is not served here"
             raise InvalidInputError(f"{known}; use one of {served}")
         return kind
 
     def _store(self, kind: str) -> VectorStore:
-        """The open store of this kind, opened now if need be (call with its lock held).
+        """The open store of this kind, opened now if need be (called with its lock held).
 
         Any failure to open is the deployment's, not the request's: a 503, logged in full here.
         """
@@ -393,16 +398,21 @@ class SearchService:
         return vs
 
     def _call(self, kind: str, fn: Callable[[VectorStore], object]):
-        """Run ``fn`` on the store; a failure of the store itself (not of the request) is a 503."""
-        vs = self._store(kind)
-        try:
-            return fn(vs)
-        except VectorGeoError:
-            raise
-        except Exception as exc:
-            logger.exception("store %s failed; it will be reopened on the next request", kind)
-            self._drop(kind)
-            raise StoreUnavailableError(f"store {kind!r} failed to answer; try again") from exc
+        """Run ``fn`` on the store under its lock; a failure of the store itself (not of the request) is a 503.
+
+        The lock covers the store call only (a connection or an engine handle is not shared by two threads at
+        once); resolving, post-filtering and shaping the answer run outside it.
+        """
+        with self._locks[kind]:
+            vs = self._store(kind)
+            try:
+                return fn(vs)
+            except VectorGeoError:
+                raise
+            except Exception as exc:
+                logger.exception("store %s failed; it will be reopened on the next request", kind)
+                self._drop(kind)
+                raise StoreUnavailableError(f"store {kind!r} failed to answer; try again") from exc
 
     def _drop(self, kind: str) -> None:
         vs = self._open.pop(kind, None)
@@ -421,6 +431,7 @@ class SearchService:
             if dim is not None and len(v) != dim:
                 raise InvalidInputError(f"vector must hold {dim} numbers (the embedding length), got {len(v)}")
             empty = np.empty(0)
+            v = v / np.abs(v).max()  # first scale to 1: the norm of a tiny vector underflows to zero
             return _Resolved((v / np.linalg.norm(v)).astype(np.float32), (), (), empty, empty, None)
         if query.lat is not None:
             cells = (h3i.latlng_to_cell(query.lat, query.lng, self.h3_resolution),)
@@ -498,16 +509,17 @@ class SearchService:
         return fractions, float(np.nanmean(elevation)) if np.isfinite(elevation).any() else math.nan
 
     def _explanations(self, h3: np.ndarray, query_attrs) -> list[dict | None]:
-        if self.sidecars is None:
+        if self.sidecars is None or not len(h3):
             return [None] * len(h3)
         pos = self.sidecars.positions(h3)
-        out = []
-        for p in pos:
-            if p < 0:
-                out.append(None)
-                continue
-            attrs = (np.asarray(self.sidecars.fractions[p], np.float64), float(self.sidecars.mean_elevation_m[p]))
-            out.append(_explain(*attrs, self.sidecars, top=TOP_CLASSES, query=query_attrs))
+        found = np.flatnonzero(pos >= 0)
+        rows = np.sort(pos[found])  # memory-mapped arrays: read the rows once, in file order
+        fractions = np.asarray(self.sidecars.fractions[rows], np.float64)
+        elevation = np.asarray(self.sidecars.mean_elevation_m[rows], np.float64)
+        back = np.searchsorted(rows, pos[found])
+        out: list[dict | None] = [None] * len(h3)
+        for i, j in zip(found.tolist(), back.tolist(), strict=True):
+            out[i] = _explain(fractions[j], float(elevation[j]), self.sidecars, top=TOP_CLASSES, query=query_attrs)
         return out
 
     def _query_member(self, query: Query, q: _Resolved, attrs) -> dict:
@@ -526,6 +538,7 @@ class SearchService:
 def _post_filter(matches: list[Match], q: _Resolved, options: SearchOptions, geo: GeoFilter | None) -> list[Match]:
     """Greedy, best first: keep matches above ``min_score``, in ``geo``, far enough from the query and each other."""
     kept: list[Match] = []
+    kept_lat, kept_lng = np.empty(options.k), np.empty(options.k)  # centres of the kept matches, in order
     for m in matches:
         if options.min_score is not None and m.score < options.min_score:
             continue
@@ -533,8 +546,10 @@ def _post_filter(matches: list[Match], q: _Resolved, options: SearchOptions, geo
             continue
         if _closer_than(m, q.cell_lat, q.cell_lng, options.exclude_within_km):
             continue
-        if kept and _closer_than(m, [k.lat for k in kept], [k.lng for k in kept], options.min_separation_km):
+        n = len(kept)
+        if n and _closer_than(m, kept_lat[:n], kept_lng[:n], options.min_separation_km):
             continue
+        kept_lat[n], kept_lng[n] = m.lat, m.lng
         kept.append(m)
         if len(kept) == options.k:
             break
@@ -555,12 +570,15 @@ def _explain(
     query: tuple[np.ndarray, float] | None = None,
 ) -> dict:
     """Top classes by share (name, colour, fraction; the query's share beside it) and mean elevation."""
-    order = [int(i) for i in np.argsort(-fractions, kind="stable") if fractions[i] > 0][:top]
+    order = np.argsort(-fractions, kind="stable")
+    order = order[fractions[order] > 0][:top].tolist()
+    shares = np.round(fractions[order], 4).tolist()
+    query_shares = np.round(query[0][order], 4).tolist() if query is not None else None
     classes = []
-    for i in order:
-        entry = {"name": sidecars.class_names[i], "color": sidecars.class_colors[i], "fraction": _round(fractions[i])}
-        if query is not None:
-            entry["query_fraction"] = _round(query[0][i])
+    for n, i in enumerate(order):
+        entry = {"name": sidecars.class_names[i], "color": sidecars.class_colors[i], "fraction": shares[n]}
+        if query_shares is not None:
+            entry["query_fraction"] = query_shares[n]
         classes.append(entry)
     out = {"classes": classes, "mean_elevation_m": _round(elevation, 1)}
     if query is not None:
@@ -583,7 +601,7 @@ def _centre(lat: np.ndarray, lng: np.ndarray) -> tuple[float, float]:
 
 def _ring(cell: int) -> list[list[float]]:
     """A cell's hexagon as a closed GeoJSON ring of ``[lng, lat]``, unwrapped across the antimeridian."""
-    ring = [[round(lng, 7), round(lat, 7)] for lat, lng in h3i.cell_to_boundary(cell)]
+    ring = np.round(np.asarray(h3i.cell_to_boundary(cell))[:, ::-1], 7).tolist()
     for point in ring[1:]:
         if point[0] - ring[0][0] > 180:
             point[0] -= 360

@@ -12,8 +12,10 @@ Flow 04 writes them to the bucket under :func:`search_prefix` (``indexes/{name}/
   last: its presence marks a complete set.
 
 Reading needs only numpy (the Lambda has no pyarrow); the arrays are memory-mapped, so a large
-index costs disk, not RAM. Building streams the embedding parts and holds only the attributes
-(written into memory-mapped files as parts go by) and the vectors of the sampled pairs.
+index costs disk, not RAM. Building reads the embedding parts (downloaded to the bucket cache
+first) one at a time into memory-mapped files, keeping in RAM only the vectors of the sampled
+pairs; when the parts are not already in id order, the final sort by H3 id reads the attribute
+arrays whole (about 50 bytes a cell).
 """
 
 from __future__ import annotations
@@ -230,23 +232,26 @@ class SearchSidecars:
             meta = json.loads((directory / CALIBRATION_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise InvalidInputError(f"no readable {CALIBRATION_FILE} in {directory}: {exc}") from exc
-        for name, size in meta["files"].items():
-            if not (directory / name).is_file() or (directory / name).stat().st_size != size:
-                raise InvalidInputError(f"search sidecar {name} in {directory} is missing or incomplete")
-        classes = json.loads((directory / _CLASSES).read_text())["classes"]
-        h3, fractions, elevation = (np.load(directory / name, mmap_mode="r") for name in _ARRAYS)
-        quantiles = meta.get("quantiles")
-        return cls(
-            model=str(meta["model"]),
-            h3_resolution=int(meta["h3_resolution"]),
-            dim=int(meta["dim"]),
-            quantiles=None if quantiles is None else np.asarray(quantiles, np.float64),
-            h3=h3,
-            fractions=fractions,
-            mean_elevation_m=elevation,
-            class_names=tuple(str(c["name"]) for c in classes),
-            class_colors=tuple(c.get("color") for c in classes),
-        )
+        try:
+            for name, size in meta["files"].items():
+                if not (directory / name).is_file() or (directory / name).stat().st_size != size:
+                    raise InvalidInputError(f"search sidecar {name} in {directory} is missing or incomplete")
+            classes = json.loads((directory / _CLASSES).read_text())["classes"]
+            h3, fractions, elevation = (np.load(directory / name, mmap_mode="r") for name in _ARRAYS)
+            quantiles = meta.get("quantiles")
+            return cls(
+                model=str(meta["model"]),
+                h3_resolution=int(meta["h3_resolution"]),
+                dim=int(meta["dim"]),
+                quantiles=None if quantiles is None else np.asarray(quantiles, np.float64),
+                h3=h3,
+                fractions=fractions,
+                mean_elevation_m=elevation,
+                class_names=tuple(str(c["name"]) for c in classes),
+                class_colors=tuple(c.get("color") for c in classes),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError, OSError) as exc:  # damaged, not merely absent
+            raise InvalidInputError(f"the search sidecars in {directory} are damaged ({exc!r}); rerun flow 04") from exc
 
     def percentile(self, scores: np.ndarray) -> np.ndarray | None:
         """Percentage (0..100) of random pairs of cells less similar than each score; None without calibration.

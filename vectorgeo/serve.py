@@ -97,10 +97,13 @@ def _site_file(root: Path, name: str) -> Path | None:
     """The file a URL path names inside ``root``, or None: missing, a folder without index.html, or outside ``root``."""
     if "\x00" in name:
         return None
-    target = (root / name).resolve()  # resolves "..", and symlinks that lead out of the site
-    if target.is_dir():
-        target = target / "index.html"
-    return target if target.is_relative_to(root) and target.is_file() else None
+    try:
+        target = (root / name).resolve()  # resolves "..", and symlinks that lead out of the site
+        if target.is_dir():
+            target = target / "index.html"
+        return target if target.is_relative_to(root) and target.is_file() else None
+    except OSError:  # a name too long for the file system, say
+        return None
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -110,6 +113,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # keep-alive answers go out at once: with Nagle on, the body waits for the client's delayed ACK (~40 ms)
     disable_nagle_algorithm = True
+    timeout = 60  # a client that announces a body and never sends it frees its thread after this many seconds
 
     def do_GET(self) -> None:
         self._dispatch(send_body=True)
@@ -128,11 +132,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, *, send_body: bool) -> None:
         url = urlsplit(self.path)
-        if url.path == API_PREFIX or url.path.startswith(API_PREFIX + "/"):
+        if self.headers.get("Transfer-Encoding"):  # a chunked body would be read as the next request
+            self.close_connection = True
+            error = b'{"error": "chunked request bodies are not accepted; send Content-Length"}'
+            self._reply(411, {"Content-Type": "application/json"}, error, send_body=send_body)
+        elif url.path == API_PREFIX or url.path.startswith(API_PREFIX + "/"):
             self._api(url.path[len(API_PREFIX) :] or "/", url.query, send_body=send_body)
         elif self.command in ("GET", "HEAD"):
             self._static(url.path, send_body=send_body)
         else:
+            self.close_connection = True  # any body is left unread: it must not be taken for the next request
             self._reply(405, {"Content-Type": "application/json"}, b'{"error": "only GET and HEAD serve files"}')
 
     def _api(self, path: str, query: str, *, send_body: bool) -> None:
@@ -247,8 +256,8 @@ def make_server(
 def load_lambda_handler(path: str | Path = HANDLER_PATH) -> ModuleType:
     """Import ``lambda/handler.py`` by file path (``lambda`` is a Python keyword, so it is no package).
 
-    The module is imported once per process, like a Lambda container's, and registered in
-    ``sys.modules`` (its dataclasses need that).
+    The module is imported once per process, like a Lambda container's (registered in
+    ``sys.modules`` under a name derived from its path, so a second call returns the same one).
     """
     path = Path(path).resolve()
     name = f"vectorgeo_lambda_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"

@@ -29,14 +29,11 @@
   const layerByRank = new Map();
   let controller = null;
 
-  // ---- the API endpoint: ?api= wins, then the saved one, then the local server's /api ----
+  // ---- the API endpoint: ?api= wins (for this visit only: a link must not re-point the page for good),
+  // then the one saved with "Use", then the local server's /api ----
   function initialApi() {
     const fromUrl = new URLSearchParams(location.search).get("api");
-    if (fromUrl) {
-      localStorage.setItem(API_KEY, fromUrl);
-      return fromUrl;
-    }
-    return localStorage.getItem(API_KEY) || DEFAULT_API;
+    return fromUrl || localStorage.getItem(API_KEY) || DEFAULT_API;
   }
 
   function apiUrl(route, params) {
@@ -213,8 +210,10 @@
     L.circleMarker([lat, lng], { radius: 4, color: "#111", weight: 2, fillOpacity: 1, className: "vg-click" }).addTo(
       queryLayer,
     );
+    // the filter measures from the query cell's centre, not the click
+    const centre = (collection.query && collection.query.center) || { lat, lng };
     if (radiusKm) {
-      L.circle([lat, lng], {
+      L.circle([centre.lat, centre.lng], {
         radius: radiusKm * 1000,
         color: "#1f5fa8",
         weight: 2,
@@ -235,7 +234,7 @@
 
   function tooltip(p) {
     const div = document.createElement("div"); // text only: class names come from the API's legend
-    div.append(`#${p.rank} · score ${p.score.toFixed(3)} ${fmtTop(p.percentile)}`, document.createElement("br"));
+    div.append(`#${p.rank} · score ${Number(p.score).toFixed(3)} ${fmtTop(p.percentile)}`, document.createElement("br"));
     div.append(describe(p.explanation));
     return div;
   }
@@ -280,10 +279,12 @@
 
       const li = document.createElement("li");
       li.dataset.rank = p.rank;
-      li.innerHTML =
-        `<span class="rank">${p.rank}</span>` +
-        `<span class="score"><span class="swatch" style="background:${color}"></span>${p.score.toFixed(3)}</span>` +
-        `<span class="where"></span><span class="detail"></span>`;
+      li.innerHTML = // structure only: every value from the API goes in as text
+        '<span class="rank"></span><span class="score"><span class="swatch"></span><span class="value"></span></span>' +
+        '<span class="where"></span><span class="detail"></span>';
+      li.querySelector(".rank").textContent = String(p.rank);
+      li.querySelector(".swatch").style.background = color;
+      li.querySelector(".value").textContent = Number(p.score).toFixed(3);
       li.querySelector(".where").textContent = [fmtTop(p.percentile), fmtKm(p.distance_km)].filter(Boolean).join(" · ");
       li.querySelector(".detail").textContent = `${p.h3} · ${describe(p.explanation)}`;
       li.addEventListener("click", () => select(p.rank, true));

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from vectorgeo.errors import InvalidInputError
-from vectorgeo.geodesy import EARTH_RADIUS_M, haversine_m
+from vectorgeo.geodesy import HALF_CIRCUMFERENCE_KM, haversine_m
 
 __all__ = ["GeoFilter", "Match", "VectorStore"]
 
@@ -43,7 +43,7 @@ class GeoFilter:
                 raise InvalidInputError("a geographic filter needs lat, lng and radius_km, or a bbox")
             if not (-90 <= self.lat <= 90 and -180 <= self.lng <= 180):
                 raise InvalidInputError(f"filter centre must be lat -90..90, lng -180..180, got {self.lat}, {self.lng}")
-            if not (math.isfinite(self.radius_km) and 0 < self.radius_km <= math.pi * EARTH_RADIUS_M / 1000):
+            if not (math.isfinite(self.radius_km) and 0 < self.radius_km <= HALF_CIRCUMFERENCE_KM):
                 raise InvalidInputError(
                     f"radius_km must be > 0 and at most half the Earth's circumference, got {self.radius_km}"
                 )

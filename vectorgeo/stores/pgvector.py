@@ -464,14 +464,15 @@ class PgVectorStore:
         return query, [qvec, *params, exclude_ids, qvec, k]
 
     def _set_hnsw_settings(self, k: int, filtered: bool) -> None:
+        """Transaction-local HNSW settings, in one round trip (a search is a few milliseconds: trips count)."""
         settings = [
             ("hnsw.ef_search", str(min(1000, max(self.hnsw_ef_search, 2 * k)))),
             ("hnsw.iterative_scan", "relaxed_order" if filtered else "off"),
             ("hnsw.max_scan_tuples", str(self.max_scan_tuples)),
             ("enable_seqscan", "off"),  # with the btree hidden, this leaves the HNSW scan
         ]
-        for name, value in settings:
-            self._conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+        calls = ", ".join(["set_config(%s, %s, true)"] * len(settings))
+        self._conn.execute(f"SELECT {calls}", [v for pair in settings for v in pair])
 
     def _prepare(self, vector: np.ndarray, k: int, exclude: tuple[int, ...]) -> tuple[str, list[int]]:
         dim = self._require_dim()

@@ -429,7 +429,7 @@ class QdrantEdgeStore:
         path: Shard directory (in the local data dir).
         on_disk: Keep original vectors on disk (memory-mapped) instead of in RAM.
         quantization: Add int8 scalar quantisation (kept in RAM; rescoring on originals).
-        batch_size: Points per update operation.
+        batch_size: Points per update operation (small batches load fastest: 2,000 measured best of 2k-25k).
         hnsw_ef: HNSW search breadth; None uses the default.
     """
 
@@ -439,7 +439,7 @@ class QdrantEdgeStore:
         *,
         on_disk: bool = False,
         quantization: bool = False,
-        batch_size: int = 10_000,
+        batch_size: int = 2_000,
         hnsw_ef: int | None = None,
     ) -> None:
         self.path = Path(path)
