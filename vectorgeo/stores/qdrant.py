@@ -429,7 +429,7 @@ class QdrantEdgeStore:
         path: Shard directory (in the local data dir).
         on_disk: Keep original vectors on disk (memory-mapped) instead of in RAM.
         quantization: Add int8 scalar quantisation (kept in RAM; rescoring on originals).
-        batch_size: Points per update operation (small batches load fastest: 2,000 measured best of 2k-25k).
+        batch_size: Points per update operation.
         hnsw_ef: HNSW search breadth; None uses the default.
     """
 
