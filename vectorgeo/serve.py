@@ -388,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vectorgeo.serve: {exc}", file=sys.stderr)
         return 1
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         server.server_close()
         lambda_module.reset_service()  # closes the stores: an embedded PostgreSQL is stopped
     return 0
