@@ -151,12 +151,7 @@ def get_service() -> SearchService:
 
 
 def _build_service() -> SearchService:
-    bucket = Bucket(
-        constants.BUCKET,
-        constants.CACHE_DIR.replace("{step}", "search"),
-        endpoint_url=constants.S3_ENDPOINT_URL,
-        region=constants.AWS_REGION,
-    )
+    bucket = Bucket.from_settings(constants, "search")
     return open_search_service(
         bucket,
         model=constants.MODEL_FILENAME.removesuffix(".keras"),

@@ -35,12 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     verbs.add_parser("cat", help="print an object").add_argument("key")
     args = parser.parse_args(argv)
 
-    bucket = Bucket(
-        constants.BUCKET,
-        constants.CACHE_DIR.replace("{step}", "cli"),
-        endpoint_url=constants.S3_ENDPOINT_URL,
-        region=constants.AWS_REGION,
-    )
+    bucket = Bucket.from_settings(constants, "cli")
     try:
         if args.verb == "ls":
             print("\n".join(bucket.list(args.prefix)))

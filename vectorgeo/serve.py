@@ -318,12 +318,7 @@ def _overview(constants: ModuleType, max_px: int) -> Overview | None:
     from vectorgeo.overview import bucket_overview
     from vectorgeo.transfer import Bucket
 
-    bucket = Bucket(
-        constants.BUCKET,
-        constants.CACHE_DIR.replace("{step}", "serve"),
-        endpoint_url=constants.S3_ENDPOINT_URL,
-        region=constants.AWS_REGION,
-    )
+    bucket = Bucket.from_settings(constants, "serve")
     try:
         return bucket_overview(
             bucket,

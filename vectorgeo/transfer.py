@@ -452,6 +452,20 @@ class Bucket:
         identity = f"{self._backend.url}|{endpoint_url or ''}"
         self._cache_root = Path(cache_dir) / f"{label}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
+    @classmethod
+    def from_settings(cls, settings: Any, step: str) -> Bucket:
+        """The bucket a settings module (``constants``) names, with ``{step}`` in its cache dir filled in.
+
+        The one place the entry points (the handler, the local server, scripts) turn settings into a bucket;
+        the library still takes the settings as an explicit argument.
+        """
+        return cls(
+            settings.BUCKET,
+            settings.CACHE_DIR.replace("{step}", step),
+            endpoint_url=settings.S3_ENDPOINT_URL,
+            region=settings.AWS_REGION,
+        )
+
     def __repr__(self) -> str:
         return f"Bucket({self.url!r})"
 
