@@ -19,14 +19,15 @@ benchmarks/results/stores_d{D}_n{N}.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,31 @@ def probe_memory(kind: str, data_dir: str, dim: int) -> None:
     store.close()
 
 
+@contextlib.contextmanager
+def store_dir(work_dir: str | None, kind: str, dim: int, n: int) -> Iterator[str]:
+    """The folder a store is built in: kept under ``work_dir`` for reuse, else temporary."""
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix=f"vg-bench-{kind}-") as tmp:
+            yield tmp
+        return
+    path = Path(work_dir) / f"{kind}-d{dim}-n{n}"
+    path.mkdir(parents=True, exist_ok=True)
+    yield str(path)
+
+
+def load_and_build(store, dim: int, h3, lat, lng, vectors) -> dict:
+    """Load every row in batches, then build the indexes; the timings of both."""
+    store.create(dim, wipe=True)
+    started = time.perf_counter()
+    for s in range(0, len(h3), BATCH):
+        store.upsert(h3[s : s + BATCH], lat[s : s + BATCH], lng[s : s + BATCH], vectors[s : s + BATCH])
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    store.finish_load()
+    build_s = time.perf_counter() - started
+    return {"load_rows_per_s": round(len(h3) / load_s), "index_build_s": round(build_s, 1)}
+
+
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -121,6 +147,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--stores", default="qdrant,pgvector,faiss")
+    parser.add_argument(
+        "--work-dir",
+        help="keep each built store under this folder and reuse it (with its load/build figures) on the next run",
+    )
     parser.add_argument("--probe-memory", nargs=2, metavar=("KIND", "DATA_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_memory:
@@ -140,17 +170,17 @@ def main() -> None:
     }
     results = {}
     for kind in args.stores.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"vg-bench-{kind}-") as tmp:
+        with store_dir(args.work_dir, kind, args.dim, args.n) as tmp:
+            built = Path(tmp) / "built.json"
             store = open_store(kind, "bench", data_dir=tmp)
-            store.create(args.dim, wipe=True)
-            started = time.perf_counter()
-            for s in range(0, args.n, BATCH):
-                store.upsert(h3[s : s + BATCH], lat[s : s + BATCH], lng[s : s + BATCH], vectors[s : s + BATCH])
-            load_s = time.perf_counter() - started
-            started = time.perf_counter()
-            store.finish_load()
-            build_s = time.perf_counter() - started
-            row = {"load_rows_per_s": round(args.n / load_s), "index_build_s": round(build_s, 1)}
+            if built.exists():
+                store.create(args.dim)  # brings a store built by an earlier version up to date
+                row = json.loads(built.read_text())
+                print(f"{kind}: reusing the store built in {tmp}", flush=True)
+            else:
+                row = load_and_build(store, args.dim, h3, lat, lng, vectors)
+                if args.work_dir:
+                    built.write_text(json.dumps(row))
             for name, geos in filters.items():
                 latencies, recalls, short = [], [], 0
                 for q, geo in zip(queries, geos, strict=True):
@@ -170,7 +200,6 @@ def main() -> None:
             store.close()
             row["memory_mb_per_million"] = round(serving_memory_mb(kind, tmp, args.dim) * 1e6 / args.n, 1)
             row["disk_mb_per_million"] = round(dir_size_mb(Path(tmp)) * 1e6 / args.n, 1)
-            shutil.rmtree(tmp, ignore_errors=True)
         results[kind] = row
         print(f"{kind}: {json.dumps(row)}", flush=True)
 

@@ -4,7 +4,7 @@ Takes Lambda function-URL / API Gateway HTTP API events (payload 2.0) and API Ga
 (1.0). Routes (``lambda/openapi.json`` describes each parameter and answer):
 
 * ``GET /search``: similar cells to a point (``lat``, ``lng``) or cells (``h3``, comma-separated),
-  with ``k``, ``radius_km``, ``bbox``, ``min_score``, ``min_separation_km``, ``exclude_within_km``,
+  with ``k``, ``radius_km``, ``bbox``, ``polygon``, ``min_score``, ``min_separation_km``, ``exclude_within_km``,
   ``include_query``, ``store``; a GeoJSON FeatureCollection.
 * ``POST /search``: the same as a JSON body, plus ``positive``/``negative`` cell lists and ``vector``.
 * ``GET /cell``: one cell's embedding, hexagon and explanation.
@@ -60,7 +60,7 @@ logger.setLevel(logging.INFO)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_BODY_BYTES = 256 * 1024
 _MAX_FIELDS = 64
-_OPTIONS = ("k", "radius_km", "bbox", "min_score", "min_separation_km", "exclude_within_km", "include_query")
+_OPTIONS = ("k", "radius_km", "bbox", "polygon", "min_score", "min_separation_km", "exclude_within_km", "include_query")
 _GET_SEARCH = ("lat", "lng", "h3", *_OPTIONS, "store")
 _POST_SEARCH = (*_GET_SEARCH, "positive", "negative", "vector", "alpha")
 _GET_CELL = ("h3", "lat", "lng", "store")
@@ -359,6 +359,7 @@ def _options(p: dict) -> SearchOptions:
         k=k,
         radius_km=_number(p, "radius_km"),
         bbox=_bbox(p.get("bbox")),
+        polygon=_polygon(p.get("polygon")),
         min_score=_number(p, "min_score"),
         min_separation_km=_number(p, "min_separation_km") or 0.0,
         exclude_within_km=_number(p, "exclude_within_km") or 0.0,
@@ -402,6 +403,21 @@ def _bbox(value: object) -> tuple[float, ...] | None:
     if not isinstance(parts, list) or len(parts) != 4:
         raise InvalidInputError(f"bbox must be west,south,east,north (4 numbers, degrees), got {quoted(value)}")
     return tuple(_number({"bbox": v}, "bbox") for v in parts)
+
+
+def _polygon(value: object) -> tuple[tuple[float, float], ...] | None:
+    """A ring from ``lng,lat,lng,lat,...`` (query text) or ``[[lng, lat], ...]`` (JSON)."""
+    if value is None:
+        return None
+    shape = "lng,lat,lng,lat,... (at least 3 vertices, degrees) or, in JSON, [[lng, lat], ...]"
+    if isinstance(value, str):
+        numbers = [_number({"polygon": _Text(v)}, "polygon") for v in value.split(",")]
+        if len(numbers) % 2:
+            raise InvalidInputError(f"polygon must be {shape}; got an odd count of numbers, {len(numbers)}")
+        return tuple(zip(numbers[::2], numbers[1::2], strict=True))
+    if not isinstance(value, list) or not all(isinstance(v, list) and len(v) == 2 for v in value):
+        raise InvalidInputError(f"polygon must be {shape}, got {quoted(value)}")
+    return tuple((_number({"polygon": x}, "polygon"), _number({"polygon": y}, "polygon")) for x, y in value)
 
 
 def _cells(value: object, name: str) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import zipfile
 from urllib.parse import urlencode
 
 import h3.api.basic_int as h3i
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from search_data import CENTRE, RES, build_search_bucket, open_test_service
 
 from tests.conftest import REPO_ROOT
 from vectorgeo.errors import StoreUnavailableError
+from vectorgeo.stores import GeoFilter
 from vectorgeo.search import Query, SearchOptions, SearchService
 
 HANDLER = REPO_ROOT / "lambda" / "handler.py"
@@ -128,6 +130,14 @@ def test_every_search_parameter(api, service, data):
     assert body["store"] == "qdrant" and body["options"]["radius_km"] == 20
     status, _, boxed = call(api, v2("GET", "/search", {"h3": cell, "bbox": "-124,44.5,-123.8,44.7", "k": 50}))
     assert status == 200 and all(-124 <= f["properties"]["lng"] <= -123.8 for f in boxed["features"])
+    ring = "-124.1,44.4,-123.6,44.4,-123.6,44.8,-123.85,44.6"
+    status, _, shaped = call(api, v2("GET", "/search", {"h3": cell, "polygon": ring, "k": 30}))
+    polygon = GeoFilter(polygon=((-124.1, 44.4), (-123.6, 44.4), (-123.6, 44.8), (-123.85, 44.6)))
+    lat, lng = (np.array([f["properties"][c] for f in shaped["features"]]) for c in ("lat", "lng"))
+    assert status == 200 and shaped["features"] and polygon.contains(lat, lng).all()
+    assert shaped["options"]["polygon"] == [list(v) for v in polygon.polygon]
+    posted = {"h3": cell, "polygon": [list(v) for v in polygon.polygon], "k": 30}
+    assert call(api, v2("POST", "/search", body=json.dumps(posted)))[2]["features"] == shaped["features"]
     status, _, mine = call(api, v2("GET", "/search", {"h3": cell, "include_query": "true", "k": 1}))
     assert mine["features"][0]["id"] == cell
     status, _, both = call(api, v2("GET", "/search", {"h3": f"{cell},{cell_id(data, 5)}"}))
@@ -219,7 +229,13 @@ def _errors(data):
         (get("/search", h3=cell, bbox="1,2,3"), 400, "bbox must be west,south,east,north"),
         (get("/search", h3=cell, bbox="a,b,c,d"), 400, "bbox must be a number"),
         (get("/search", h3=cell, bbox="0,50,1,40"), 400, "south <= north"),
-        (get("/search", h3=cell, bbox="0,0,1,1", radius_km="5"), 400, "give radius_km or bbox, not both"),
+        (get("/search", h3=cell, bbox="0,0,1,1", radius_km="5"), 400, "give one of radius_km, bbox and polygon"),
+        (get("/search", h3=cell, polygon="0,0,1,0,1"), 400, "odd count of numbers"),
+        (get("/search", h3=cell, polygon="0,0,1,x,1,1"), 400, "polygon must be a number"),
+        (get("/search", h3=cell, polygon="0,0,1,0"), 400, "polygon needs 3 to 1000 vertices"),
+        (get("/search", h3=cell, polygon="170,0,-170,0,-170,5"), 400, "crosses the antimeridian"),
+        (post({"h3": cell, "polygon": [[0, 0], [1, 0, 2], [1, 1]]}), 400, "polygon must be lng,lat"),
+        (post({"h3": cell, "polygon": [[0, 0], [1, "a"], [1, 1]]}), 400, "polygon must be a number"),
         (get("/search", h3=cell, min_score="2"), 400, "min_score must be between -1 and 1"),
         (get("/search", h3=cell, min_separation_km="-1"), 400, "min_separation_km must be between 0"),
         (get("/search", h3=cell, exclude_within_km="far"), 400, "exclude_within_km must be a number"),

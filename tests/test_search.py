@@ -142,8 +142,9 @@ def test_vector_query(service, data):
         SearchOptions(k=10, min_separation_km=9),
         SearchOptions(k=10, exclude_within_km=15),
         SearchOptions(k=8, radius_km=30, min_separation_km=6, exclude_within_km=5),
+        SearchOptions(k=20, polygon=((-124.1, 44.4), (-123.6, 44.4), (-123.6, 44.8), (-123.85, 44.6))),
     ],
-    ids=["radius", "bbox", "min_score", "separation", "exclude_within", "all"],
+    ids=["radius", "bbox", "min_score", "separation", "exclude_within", "all", "polygon"],
 )
 def test_filters_hold_and_agree_with_brute_force_on_every_store(service, data, kind, options):
     cell = int(data.h3[222])
@@ -155,6 +156,8 @@ def test_filters_hold_and_agree_with_brute_force_on_every_store(service, data, k
         geo = GeoFilter(lat=data.lat[222], lng=data.lng[222], radius_km=options.radius_km)
     elif options.bbox:
         geo = GeoFilter(bbox=options.bbox)
+    elif options.polygon:
+        geo = GeoFilter(polygon=options.polygon)
     if geo is not None:
         assert geo.contains(lat, lng).all()
     ids, scores = _brute_force(data, data.vectors[222], exclude=(cell,), geo=geo)
@@ -272,7 +275,9 @@ def test_cells_outside_the_index_are_not_found(service, data):
         (lambda: SearchOptions(k=True), "k must be an integer"),
         (lambda: SearchOptions(radius_km=0.0), "radius_km must be greater than 0"),
         (lambda: SearchOptions(radius_km=-1.0), "radius_km must be between 0 and"),
-        (lambda: SearchOptions(radius_km=5.0, bbox=(0, 0, 1, 1)), "give radius_km or bbox, not both"),
+        (lambda: SearchOptions(radius_km=5.0, bbox=(0, 0, 1, 1)), "give one of radius_km, bbox and polygon"),
+        (lambda: SearchOptions(bbox=(0, 0, 1, 1), polygon=((0, 0), (1, 0), (0, 1))), "not several"),
+        (lambda: SearchOptions(polygon=((0, 0), (1, 0))), "polygon needs 3 to 1000 vertices"),
         (lambda: SearchOptions(bbox=(0, 2, 1, 1)), "bbox must be west,south,east,north"),
         (lambda: SearchOptions(bbox=(0, 0, 1)), "bbox must be 4 numbers"),
         (lambda: SearchOptions(min_score=1.5), "min_score must be between -1 and 1"),

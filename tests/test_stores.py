@@ -64,8 +64,10 @@ def test_is_a_vector_store_and_counts(store):
         GeoFilter(lat=48.0, lng=10.0, radius_km=400.0),
         GeoFilter(lat=40.0, lng=0.0, radius_km=1500.0),
         GeoFilter(bbox=(0.0, 45.0, 12.0, 52.0)),
+        GeoFilter(polygon=((0.0, 40.0), (20.0, 40.0), (20.0, 44.0), (6.0, 44.0), (6.0, 55.0), (0.0, 55.0))),
+        GeoFilter(polygon=((5.0, 50.0), (15.0, 38.0), (25.0, 50.0), (15.0, 46.0), (5.0, 50.0))),
     ],
-    ids=["none", "radius-400km", "radius-1500km", "bbox"],
+    ids=["none", "radius-400km", "radius-1500km", "bbox", "polygon-L", "polygon-arrowhead"],
 )
 def test_same_answers_as_brute_force(store, data, geo):
     for query in data[4]:

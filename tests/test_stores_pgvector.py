@@ -328,3 +328,30 @@ def test_table_without_grid_column_is_upgraded(pg_url, data):
         assert old.count() == 1
         found = old.search(np.full(DIM, 0.25, np.float32), 1, geo=GeoFilter(lat=44.5, lng=-123.5, radius_km=1.0))
         assert [m.h3 for m in found] == [1]
+
+
+@pytest.mark.parametrize("radius_km", [0.05, 3.0, 50.0, 1000.0, 12_000.0])
+def test_radius_edge_follows_haversine(pg_url, radius_km):
+    """Rows a hair inside or outside the circle (the unit-vector test's margin) are decided like haversine_m."""
+    from vectorgeo.geodesy import destination_points
+
+    rng = np.random.default_rng(int(radius_km * 100))
+    centre_lat, centre_lng = 51.5, 179.9  # the circle crosses the antimeridian
+    n = 600
+    bearing = rng.uniform(0, 2 * np.pi, n)
+    # 1 µm .. 10 cm off the circle, both sides, and some exactly on it
+    offset_m = rng.choice([-1, 1], n) * 10.0 ** rng.uniform(-6, -1, n)
+    offset_m[:50] = 0.0
+    lat, lng = destination_points(np.full(n, centre_lat), np.full(n, centre_lng), bearing, radius_km * 1000 + offset_m)
+    geo = GeoFilter(lat=centre_lat, lng=centre_lng, radius_km=radius_km)
+    inside = geo.contains(lat, lng)
+    assert 0 < inside.sum() < n  # both sides present
+    h3 = np.arange(1, n + 1, dtype=np.uint64)
+    vectors = _unit(rng.standard_normal((n, DIM)))
+    with PgVectorStore(pg_url, "vg_edge", exact_max_rows=10 * n) as s:
+        s.create(DIM, wipe=True)
+        s.upsert(h3, lat, lng, vectors)
+        s.finish_load()
+        got = s.search(vectors[0], n, geo=geo)
+        assert s.last_plan == "exact"
+        assert sorted(m.h3 for m in got) == h3[inside].tolist()

@@ -305,3 +305,53 @@ def test_edge_refuses_to_wipe_foreign_directory(tmp_path):
     with pytest.raises(InvalidInputError, match="refusing"):
         QdrantEdgeStore(tmp_path).create(DIM, wipe=True)
     assert (tmp_path / "notes.txt").exists()
+
+
+def test_grid_prefilter_is_used_only_when_every_point_has_a_key(tmp_path):
+    """A shard loaded before points carried a grid key still filters correctly, by its geo index alone."""
+    from qdrant_edge import Point, UpdateOperation
+
+    from vectorgeo.stores.qdrant import GRID_FIELD, LOCATION_FIELD
+
+    geo = GeoFilter(lat=50.0, lng=10.0, radius_km=_clear_radius(50.0, 10.0, 800.0))
+    mask = geo.contains(DATA["lat"], DATA["lng"])
+    query = _queries(1, seed=21)[0]
+    expected = _brute_force(query, 40, mask)
+
+    current = QdrantEdgeStore(tmp_path / "current")
+    _load(current)
+    assert current._grid_indexed()
+    _assert_same(current.search(query, 40, geo=geo), *expected)
+    assert GRID_FIELD in str(current._filter(geo, ()))
+    current.close()
+
+    legacy = QdrantEdgeStore(tmp_path / "legacy")
+    legacy.create(DIM)
+    old_style = [  # what earlier versions wrote: the geo point only
+        Point(int(i), v.tolist(), {LOCATION_FIELD: {"lat": float(a), "lon": float(o)}})
+        for i, v, a, o in zip(DATA["h3"], DATA["vectors"], DATA["lat"], DATA["lng"], strict=True)
+    ]
+    legacy._shard.update(UpdateOperation.upsert_points(old_style))
+    legacy.finish_load()
+    assert not legacy._grid_indexed()
+    _assert_same(legacy.search(query, 40, geo=geo), *expected)
+    legacy.upsert(DATA["h3"], DATA["lat"], DATA["lng"], DATA["vectors"])  # re-loading adds the keys
+    assert legacy._grid_indexed()
+    _assert_same(legacy.search(query, 40, geo=geo), *expected)
+    legacy.close()
+
+
+def test_client_grid_prefilter_matches_contains(tmp_path):
+    """The client's grid conditions, evaluated by qdrant-client's local mode, select exactly the filter's points."""
+    store = QdrantClientStore(connect_qdrant(":memory:"), "grid")
+    _load(store)
+    store._grid_ready = True  # local mode keeps no payload indexes; force the server's plan
+    query = _queries(1, seed=22)[0]
+    for geo in [
+        GeoFilter(lat=60.0, lng=10.0, radius_km=_clear_radius(60.0, 10.0, 1500.0)),
+        GeoFilter(bbox=(175.0, -20.0, -175.0, -10.0)),
+        GeoFilter(bbox=(-5.0, 40.0, 10.0, 50.0)),
+    ]:
+        mask = geo.contains(DATA["lat"], DATA["lng"])
+        _assert_same(store.search(query, 50, geo=geo), *_brute_force(query, 50, mask))
+    store.close()

@@ -165,6 +165,7 @@ class SearchOptions:
         k: Results wanted, 1..:data:`MAX_K`.
         radius_km: Only cells whose centre lies within this great-circle distance of the query centre.
         bbox: Only cells inside ``(west, south, east, north)`` degrees (``west > east`` crosses the antimeridian).
+        polygon: Only cells inside this ring of ``(lng, lat)`` vertices (see :class:`GeoFilter`).
         min_score: Only cells at least this cosine-similar to the query (-1..1).
         min_separation_km: No two results closer than this (greedy, best first).
         exclude_within_km: No result closer than this to any query cell.
@@ -174,6 +175,7 @@ class SearchOptions:
     k: int = 10
     radius_km: float | None = None
     bbox: tuple[float, float, float, float] | None = None
+    polygon: tuple[tuple[float, float], ...] | None = None
     min_score: float | None = None
     min_separation_km: float = 0.0
     exclude_within_km: float = 0.0
@@ -182,11 +184,13 @@ class SearchOptions:
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int | np.integer) or not 1 <= self.k <= MAX_K:
             raise InvalidInputError(f"k must be an integer between 1 and {MAX_K}, got {quoted(self.k)}")
+        if sum(v is not None for v in (self.radius_km, self.bbox, self.polygon)) > 1:
+            raise InvalidInputError("give one of radius_km, bbox and polygon, not several")
         if self.radius_km is not None:
             if _finite(self.radius_km, "radius_km", 0, HALF_CIRCUMFERENCE_KM, " km") == 0:
                 raise InvalidInputError("radius_km must be greater than 0")
-            if self.bbox is not None:
-                raise InvalidInputError("give radius_km or bbox, not both")
+        if self.polygon is not None:
+            object.__setattr__(self, "polygon", GeoFilter(polygon=self.polygon).polygon)
         if self.bbox is not None:
             if len(self.bbox) != 4:
                 raise InvalidInputError(f"bbox must be 4 numbers west,south,east,north; got {len(self.bbox)}")
@@ -480,6 +484,8 @@ class SearchService:
             geo = GeoFilter(lat=q.centre[0], lng=q.centre[1], radius_km=float(options.radius_km))
         elif options.bbox is not None:
             geo = GeoFilter(bbox=tuple(float(v) for v in options.bbox))
+        elif options.polygon is not None:
+            geo = GeoFilter(polygon=options.polygon)
         if options.exclude_within_km and not q.cells:
             raise InvalidInputError("exclude_within_km needs query cells: query by lat/lng or h3, not by a vector")
         exclude = () if options.include_query else q.cells + q.negative

@@ -17,30 +17,45 @@ import numpy as np
 from vectorgeo.errors import InvalidInputError
 from vectorgeo.geodesy import HALF_CIRCUMFERENCE_KM, haversine_m
 
-__all__ = ["GeoFilter", "Match", "VectorStore"]
+__all__ = ["MAX_POLYGON_VERTICES", "GeoFilter", "Match", "VectorStore"]
+
+
+MAX_POLYGON_VERTICES = 1000
 
 
 @dataclass(frozen=True)
 class GeoFilter:
-    """Where matches may lie: within ``radius_km`` of a point, or inside a box.
+    """Where matches may lie: within ``radius_km`` of a point, inside a box, or inside a polygon.
 
-    Give either ``lat``, ``lng`` and ``radius_km`` (great-circle distance from
-    the point to the cell centre, on a sphere of radius
-    :data:`vectorgeo.geodesy.EARTH_RADIUS_M`), or ``bbox`` as
-    ``(west, south, east, north)`` degrees, edges included; ``west > east``
-    means the box crosses the antimeridian.
+    Give one of:
+
+    * ``lat``, ``lng`` and ``radius_km``: great-circle distance from the point
+      to the cell centre, on a sphere of radius :data:`vectorgeo.geodesy.EARTH_RADIUS_M`;
+    * ``bbox`` as ``(west, south, east, north)`` degrees, edges included;
+      ``west > east`` means the box crosses the antimeridian;
+    * ``polygon`` as a ring of ``(lng, lat)`` vertices (GeoJSON order; closing
+      it is optional), tested in the plane of longitude and latitude with the
+      even-odd rule, as Qdrant and PostgreSQL do. No edge may cross the
+      antimeridian (split such a polygon in two). A point exactly on an edge
+      may fall either way, and stores may differ there.
     """
 
     lat: float | None = None
     lng: float | None = None
     radius_km: float | None = None
     bbox: tuple[float, float, float, float] | None = None
+    polygon: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         radius = (self.lat, self.lng, self.radius_km)
-        if self.bbox is None:
+        given = [self.bbox is not None, self.polygon is not None, any(v is not None for v in radius)]
+        if sum(given) > 1:
+            raise InvalidInputError("give one geographic filter: a radius, a bbox or a polygon, not several")
+        if self.polygon is not None:
+            object.__setattr__(self, "polygon", _check_polygon(self.polygon))
+        elif self.bbox is None:
             if any(v is None for v in radius):
-                raise InvalidInputError("a geographic filter needs lat, lng and radius_km, or a bbox")
+                raise InvalidInputError("a geographic filter needs lat, lng and radius_km, a bbox, or a polygon")
             if not (-90 <= self.lat <= 90 and -180 <= self.lng <= 180):
                 raise InvalidInputError(f"filter centre must be lat -90..90, lng -180..180, got {self.lat}, {self.lng}")
             if not (math.isfinite(self.radius_km) and 0 < self.radius_km <= HALF_CIRCUMFERENCE_KM):
@@ -48,8 +63,6 @@ class GeoFilter:
                     f"radius_km must be > 0 and at most half the Earth's circumference, got {self.radius_km}"
                 )
         else:
-            if any(v is not None for v in radius):
-                raise InvalidInputError("give either a radius filter or a bbox, not both")
             west, south, east, north = self.bbox
             if not (-90 <= south <= north <= 90 and -180 <= west <= 180 and -180 <= east <= 180):
                 raise InvalidInputError(
@@ -59,18 +72,67 @@ class GeoFilter:
 
     @property
     def is_radius(self) -> bool:
-        """True for a radius filter, False for a bbox."""
-        return self.bbox is None
+        """True for a radius filter."""
+        return self.radius_km is not None
+
+    @property
+    def is_polygon(self) -> bool:
+        """True for a polygon filter."""
+        return self.polygon is not None
 
     def contains(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
         """The reference semantics every adapter must reproduce (bool per point)."""
         lat, lng = np.asarray(lat, dtype=np.float64), np.asarray(lng, dtype=np.float64)
         if self.is_radius:
             return haversine_m(self.lat, self.lng, lat, lng) <= self.radius_km * 1000.0
+        if self.is_polygon:
+            return _in_polygon(np.asarray(self.polygon, dtype=np.float64), lng, lat)
         west, south, east, north = self.bbox
         in_lat = (lat >= south) & (lat <= north)
         in_lng = (lng >= west) & (lng <= east) if west <= east else (lng >= west) | (lng <= east)
         return in_lat & in_lng
+
+
+def _check_polygon(polygon: object) -> tuple[tuple[float, float], ...]:
+    """The ring as a tuple of ``(lng, lat)`` float pairs, unclosed; InvalidInputError naming what is wrong."""
+    try:
+        ring = np.asarray(polygon, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError("polygon must be a list of [lng, lat] pairs") from None
+    if ring.ndim != 2 or ring.shape[1] != 2:
+        raise InvalidInputError(f"polygon must be a list of [lng, lat] pairs, got an array of shape {ring.shape}")
+    if len(ring) > 1 and (ring[0] == ring[-1]).all():
+        ring = ring[:-1]  # closed ring: drop the repeated first vertex
+    if not 3 <= len(ring) <= MAX_POLYGON_VERTICES:
+        raise InvalidInputError(f"polygon needs 3 to {MAX_POLYGON_VERTICES} vertices, got {len(ring)}")
+    if not np.isfinite(ring).all():
+        raise InvalidInputError("polygon vertices must be finite numbers")
+    if not ((np.abs(ring[:, 0]) <= 180).all() and (np.abs(ring[:, 1]) <= 90).all()):
+        raise InvalidInputError("polygon vertices must be [lng, lat] with lng in -180..180 and lat in -90..90")
+    if (np.abs(np.diff(np.r_[ring[:, 0], ring[:1, 0]])) > 180).any():
+        raise InvalidInputError("a polygon edge crosses the antimeridian; split the polygon there into two")
+    if abs(_ring_area(ring)) == 0:
+        raise InvalidInputError("polygon has no area (its vertices lie on one line)")
+    return tuple((float(x), float(y)) for x, y in ring)
+
+
+def _ring_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def _in_polygon(ring: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Even-odd rule: a ray from each point towards +x crosses the ring's edges an odd number of times."""
+    inside = np.zeros(np.broadcast(x, y).shape, dtype=bool)
+    x1, y1 = ring[:, 0], ring[:, 1]
+    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+    for ax, ay, bx, by in zip(x1.tolist(), y1.tolist(), x2.tolist(), y2.tolist(), strict=True):
+        if ay == by:
+            continue  # horizontal edges never cross a horizontal ray
+        spans = (ay > y) != (by > y)
+        crossing_x = ax + (y - ay) * (bx - ax) / (by - ay)
+        inside ^= spans & (x < crossing_x)
+    return inside
 
 
 @dataclass(frozen=True)

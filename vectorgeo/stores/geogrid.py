@@ -40,6 +40,9 @@ def geo_cells(lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
 
 def filter_bbox(geo: GeoFilter) -> tuple[float, float, float, float]:
     """``(west, south, east, north)`` holding every point ``geo`` accepts; ``west > east`` crosses 180°."""
+    if geo.is_polygon:
+        lng, lat = np.asarray(geo.polygon).T
+        return float(lng.min()), float(lat.min()), float(lng.max()), float(lat.max())
     if not geo.is_radius:
         return geo.bbox
     delta = geo.radius_km * 1000.0 / EARTH_RADIUS_M
@@ -64,16 +67,21 @@ def filter_bbox(geo: GeoFilter) -> tuple[float, float, float, float]:
 def cover_ranges(geo: GeoFilter) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive key ranges ``(lo, hi)`` whose grid cells hold every point ``geo`` accepts.
 
-    One or two ranges per grid row of the filter's box; rows spanning all
-    longitudes merge into one range. Sorted and disjoint.
+    One or two ranges per grid row; rows spanning all longitudes merge into
+    one range. Sorted and disjoint. A box covers the same columns in every
+    row; a circle covers, in each row, only the columns its own latitude band
+    of the circle reaches (a fifth fewer cells than its bounding box at
+    1,000 km).
     """
     west, south, east, north = filter_bbox(geo)
     row_lo, row_hi = _clip_index(south, 90.0, _ROWS), _clip_index(north, 90.0, _ROWS)
     col_lo, col_hi = _clip_index(west, 180.0, _COLS), _clip_index(east, 180.0, _COLS)
     # across the antimeridian: from -180 to east, and from west to 180
-    spans = [(col_lo, col_hi)] if west <= east else [(0, col_hi), (col_lo, _COLS - 1)]
+    box_spans = [(col_lo, col_hi)] if west <= east else [(0, col_hi), (col_lo, _COLS - 1)]
+    full_width = west == -180.0 and east == 180.0
     lo, hi = [], []
     for row in range(row_lo, row_hi + 1):
+        spans = box_spans if full_width or not geo.is_radius else _circle_row_spans(geo, row)
         for a, b in spans:
             start, end = row * _COLS + a, row * _COLS + b
             if lo and start == hi[-1] + 1:
@@ -86,3 +94,32 @@ def cover_ranges(geo: GeoFilter) -> tuple[np.ndarray, np.ndarray]:
 
 def _clip_index(value: float, offset: float, n: int) -> int:
     return int(min(n - 1, max(0, math.floor(value + offset))))
+
+
+_ROW_MARGIN_DEG = 1e-5  # covers acos's rounding where a row just touches the circle
+
+
+def _circle_row_spans(geo: GeoFilter, row: int) -> list[tuple[int, int]]:
+    """Column spans of grid row ``row`` holding every point of a radius filter whose cap misses both poles.
+
+    On a parallel at latitude p the circle spans ``lng ± acos((cos d - sin p0 sin p) / (cos p0 cos p))``;
+    that half-width grows up to the latitude ``asin(sin p0 / cos d)`` and shrinks after it, so its
+    largest value over the row's band is at that latitude clamped into the band.
+    """
+    delta = geo.radius_km * 1000.0 / EARTH_RADIUS_M
+    p0 = math.radians(geo.lat)
+    band_lo = max(math.radians(row - 90.0), p0 - delta)
+    band_hi = min(math.radians(row - 89.0), p0 + delta)
+    widest = math.asin(max(-1.0, min(1.0, math.sin(p0) / math.cos(delta))))
+    p = min(max(widest, band_lo), band_hi) if band_lo <= band_hi else (band_lo + band_hi) / 2
+    ratio = (math.cos(delta) - math.sin(p0) * math.sin(p)) / (math.cos(p0) * math.cos(p))
+    half = math.degrees(math.acos(max(-1.0, min(1.0, ratio)))) + _ROW_MARGIN_DEG
+    first = math.floor(geo.lng - half + 180.0)
+    last = math.floor(geo.lng + half + 180.0)
+    if last - first >= _COLS - 1:
+        return [(0, _COLS - 1)]
+    if first < 0:  # wraps west over the antimeridian
+        return [(0, last), (first + _COLS, _COLS - 1)]
+    if last > _COLS - 1:  # wraps east
+        return [(0, last - _COLS), (first, _COLS - 1)]
+    return [(first, last)]

@@ -6,6 +6,7 @@ One table per collection::
     lat, lng double precision    -- cell centre, degrees (EPSG:4326)
     embedding vector(dim)        -- float32 unit vector
     geo_cell integer             -- generated: the 1-degree grid cell (vectorgeo.stores.geogrid), btree-indexed
+    ux, uy, uz double precision  -- generated: the centre as a unit vector (a radius test is one dot product)
 
 After a bulk load the table is CLUSTERed on ``geo_cell``, so the rows of a
 region lie together on disk. Geographic filters choose their plan by how
@@ -15,7 +16,12 @@ index with pgvector's iterative scan, falling back to exact search if that
 returns fewer than ``k`` rows. pgvector's HNSW applies a ``WHERE`` after the
 graph search, so without this a selective filter returns far fewer than
 ``k`` rows. No PostGIS needed; a 50 km filter touches a few grid cells
-anywhere on the planet.
+anywhere on the planet. A radius is tested as a dot product of unit vectors
+against ``cos(radius)``, which settles every row but those within centimetres
+of the circle; those few take the haversine, so answers are exactly
+:meth:`~vectorgeo.stores.base.GeoFilter.contains`'s. Polygons use PostgreSQL's
+built-in ``point <@ polygon`` (which counts points within 1e-6 degrees of an
+edge as inside).
 
 The connection never uses server-side prepared statements
 (``prepare_threshold=None``), so every query is planned with its real
@@ -25,6 +31,7 @@ parameters rather than a generic plan.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +53,7 @@ __all__ = [
     "PgVectorStore",
     "check_table_name",
     "copy_binary_rows",
+    "hnsw_build_memory",
     "setup_table",
 ]
 
@@ -128,6 +136,40 @@ def copy_binary_rows(h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: 
     return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
 
 
+_BUILD_MEMORY_MIN_MB, _BUILD_MEMORY_MAX_MB = 64, 2048
+
+
+def hnsw_build_memory(rows: int, dim: int, m: int) -> str:
+    """``maintenance_work_mem`` that holds pgvector's in-memory HNSW graph for ``rows`` vectors, as ``"<n>MB"``.
+
+    Per element the build keeps the vector (``4 dim`` bytes) and up to ``2m``
+    layer-0 neighbours of 16 bytes each, plus bookkeeping (~200 bytes); a
+    quarter more for the upper layers and allocator slack. Clamped to 64 MB ..
+    2 GB: a graph that outgrows the setting still builds, only slower (pgvector
+    says so in a NOTICE), so a server with less memory to spare can pass its own.
+    """
+    per_row = 4 * dim + 32 * m + 200
+    mb = math.ceil(rows * per_row * 1.25 / 2**20)
+    return f"{min(_BUILD_MEMORY_MAX_MB, max(_BUILD_MEMORY_MIN_MB, mb))}MB"
+
+
+_DOT_MARGIN = 1e-12
+"""Band around cos(radius) where the unit-vector test defers to haversine: far above float8 rounding (~1e-15)."""
+
+_UNIT_VECTOR_COLUMNS = {
+    "ux": "cos(radians(lat)) * cos(radians(lng))",
+    "uy": "cos(radians(lat)) * sin(radians(lng))",
+    "uz": "sin(radians(lat))",
+}
+"""Generated columns: the cell centre as a unit vector, so a radius test is a dot product, not haversine."""
+
+
+def _unit_vector(lat: float, lng: float) -> list[float]:
+    """The point as ``[ux, uy, uz]``, the same formulas as the generated columns."""
+    phi, lam = math.radians(lat), math.radians(lng)
+    return [math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)]
+
+
 def _server_of(url: str) -> str:
     """``host:port/dbname`` of a URL or key=value DSN: enough to name the server, never its password."""
     from psycopg.conninfo import conninfo_to_dict
@@ -155,7 +197,9 @@ class PgVectorStore:
     Args:
         url: libpq connection URL (``DATABASE_URL``, or ``EmbeddedPostgres.url``).
         table: Table name (lowercase identifier).
-        maintenance_work_mem: Memory for the HNSW build in :meth:`finish_load` (PostgreSQL units).
+        maintenance_work_mem: Memory for the HNSW build in :meth:`finish_load` (PostgreSQL units, e.g.
+            ``"2GB"``); None sizes it to hold the whole graph (see :func:`hnsw_build_memory`), which makes
+            the build several times faster than one that spills.
         hnsw_m: HNSW graph degree.
         hnsw_ef_construction: HNSW build candidate list size.
         hnsw_ef_search: HNSW search candidate list size (raised to ``2k`` for large ``k``).
@@ -171,9 +215,9 @@ class PgVectorStore:
         url: str,
         table: str = "vectorgeo",
         *,
-        maintenance_work_mem: str = "256MB",
+        maintenance_work_mem: str | None = None,
         hnsw_m: int = 16,
-        hnsw_ef_construction: int = 64,
+        hnsw_ef_construction: int = 128,
         hnsw_ef_search: int = 100,
         exact_max_rows: int = 50_000,
         max_scan_tuples: int = 20_000,
@@ -214,6 +258,13 @@ class PgVectorStore:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    def _has_column(self, name: str) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped",
+            [self.table, name],
+        ).fetchone()
+        return row is not None
+
     def _require_dim(self) -> int:
         if self._dim is None:
             self._dim = self._table_dim()
@@ -246,18 +297,21 @@ class PgVectorStore:
             self._conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (h3 bigint PRIMARY KEY, lat double precision NOT NULL, "
-                    "lng double precision NOT NULL, embedding vector({}) NOT NULL, "
-                    "geo_cell integer GENERATED ALWAYS AS " + GEO_CELL_SQL + " STORED)"
+                    "lng double precision NOT NULL, embedding vector({}) NOT NULL)"
                 ).format(self._ident(), sql.Literal(dim))
             )
-            # tables made before the grid column existed get it now (a one-off rewrite)
-            self._conn.execute(
-                sql.SQL(
-                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS geo_cell integer GENERATED ALWAYS AS "
-                    + GEO_CELL_SQL
-                    + " STORED"
-                ).format(self._ident())
-            )
+            # tables made before these columns existed get them now, in one statement: one rewrite of the table
+            generated = {"geo_cell": ("integer", GEO_CELL_SQL)}
+            generated |= {name: ("double precision", expr) for name, expr in _UNIT_VECTOR_COLUMNS.items()}
+            missing = [name for name in generated if not self._has_column(name)]
+            if missing:
+                add = sql.SQL(", ").join(
+                    sql.SQL(
+                        "ADD COLUMN {} " + generated[name][0] + " GENERATED ALWAYS AS (" + generated[name][1] + ") STORED"
+                    ).format(sql.Identifier(name))
+                    for name in missing
+                )
+                self._conn.execute(sql.SQL("ALTER TABLE {} ").format(self._ident()) + add)
         self._dim = dim
 
     # -------------------------------------------------------------------- load
@@ -355,8 +409,9 @@ class PgVectorStore:
         """
         from psycopg import sql
 
-        self._require_dim()
-        self._conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [self.maintenance_work_mem])
+        dim = self._require_dim()
+        memory = self.maintenance_work_mem or hnsw_build_memory(self.count(), dim, self.hnsw_m)
+        self._conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory])
         self._conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._ident("_latlng")))  # before the grid
         self._conn.execute(
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (geo_cell)").format(self._ident("_geo"), self._ident())
@@ -364,7 +419,7 @@ class PgVectorStore:
         if not self._has_hnsw():
             logger.info("clustering %s on its grid cells", self.table)
             self._conn.execute(sql.SQL("CLUSTER {} USING {}").format(self._ident(), self._ident("_geo")))
-        logger.info("building the HNSW index on %s (maintenance_work_mem=%s)", self.table, self.maintenance_work_mem)
+        logger.info("building the HNSW index on %s (maintenance_work_mem=%s)", self.table, memory)
         self._conn.execute(
             sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops) "
@@ -402,15 +457,24 @@ class PgVectorStore:
         else:
             parts.append(sql.SQL("({} >= %s OR {} <= %s)").format(lng_col, lng_col))
             params += [west, east]
+        if geo.is_polygon:
+            # PostgreSQL's own point-in-polygon (plane of lng/lat, like GeoFilter); no PostGIS needed
+            parts.append(sql.SQL("point(lng, lat) <@ %s::polygon"))
+            params.append("(" + ",".join(f"({x!r},{y!r})" for x, y in geo.polygon) + ")")
         if geo.is_radius:
-            # the same haversine as vectorgeo.geodesy.haversine_m, term for term
+            # The stored unit vectors decide every row farther than _DOT_MARGIN (a few cm) from the circle with
+            # one dot product; rows on the edge take the same haversine as vectorgeo.geodesy.haversine_m.
+            centre = _unit_vector(geo.lat, geo.lng)
+            cos_radius = math.cos(geo.radius_km * 1000.0 / EARTH_RADIUS_M)
+            dot = sql.SQL("(ux * %s + uy * %s + uz * %s)")
             parts.append(
                 sql.SQL(
-                    "2 * %s * asin(sqrt(least(1.0, greatest(0.0, "
+                    "({dot} >= %s OR ({dot} >= %s AND 2 * %s * asin(sqrt(least(1.0, greatest(0.0, "
                     "sin((radians(lat) - radians(%s)) / 2) ^ 2 "
-                    "+ cos(radians(%s)) * cos(radians(lat)) * sin(radians(lng - %s) / 2) ^ 2)))) <= %s"
-                )
+                    "+ cos(radians(%s)) * cos(radians(lat)) * sin(radians(lng - %s) / 2) ^ 2)))) <= %s))"
+                ).format(dot=dot)
             )
+            params += [*centre, cos_radius + _DOT_MARGIN, *centre, cos_radius - _DOT_MARGIN]
             params += [EARTH_RADIUS_M, geo.lat, geo.lat, geo.lng, geo.radius_km * 1000.0]
         return sql.SQL(" AND ").join(parts), params
 
@@ -442,18 +506,20 @@ class PgVectorStore:
         from psycopg import sql
 
         if plan == "exact":
+            columns = "t.h3, t.lat, t.lng, t.ux, t.uy, t.uz, t.embedding"
             if geo is None:
-                rows, row_params = sql.SQL("SELECT t.h3, t.lat, t.lng, t.embedding FROM {} t").format(self._ident()), []
+                rows, row_params = sql.SQL("SELECT " + columns + " FROM {} t").format(self._ident()), []
             else:
-                rows, row_params = self._region_rows(geo, "t.h3, t.lat, t.lng, t.embedding")
+                rows, row_params = self._region_rows(geo, columns)
             where, params = self._geo_sql(geo, indexable=True)
-            # MATERIALIZED keeps the ORDER BY out of reach of the HNSW index: a true exact scan of the region
+            # OFFSET 0 plans the region alone (btree range scans, as the cover asks) and keeps the filter above it;
+            # "+ 0" keeps the ORDER BY from the HNSW index: a true exact scan, one distance per row inside
             query = sql.SQL(
-                "WITH region AS MATERIALIZED ({}), inside AS MATERIALIZED (SELECT * FROM region WHERE {} "
-                "AND h3 <> ALL(%s)) SELECT h3, 1 - (embedding <=> %s::vector) AS score, lat, lng FROM inside "
-                "ORDER BY embedding <=> %s::vector, h3 LIMIT %s"
+                "SELECT h3, 1 - distance AS score, lat, lng FROM (SELECT h3, lat, lng, "
+                "(embedding <=> %s::vector) + 0 AS distance FROM ({} OFFSET 0) region WHERE {} AND h3 <> ALL(%s)) "
+                "inside ORDER BY distance, h3 LIMIT %s"
             ).format(rows, where)
-            return query, [*row_params, *params, exclude_ids, qvec, qvec, k]
+            return query, [qvec, *row_params, *params, exclude_ids, k]
         where, params = self._geo_sql(geo, indexable=False)
         # relaxed_order may return rows slightly out of order: re-sort the materialized candidates
         query = sql.SQL(

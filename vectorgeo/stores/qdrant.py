@@ -3,8 +3,17 @@
 Both store one point per H3 cell: the point id is the cell's uint64 id, the
 vector is the embedding (cosine distance), and the payload holds the centre as
 ``location = {"lat": .., "lon": ..}`` (a Qdrant geo point, with a geo payload
-index). Only the geo point is stored: duplicate ``lat``/``lng`` keys cost a third
-of Edge's load rate and add nothing.
+index) and its 1-degree grid key ``geo_cell`` (:mod:`vectorgeo.stores.geogrid`,
+with an integer range index). Duplicate ``lat``/``lng`` keys are not stored: they
+cost a third of Edge's load rate and add nothing.
+
+Every geographic filter is narrowed first by grid-key ranges, one per grid row,
+then tested exactly on the geo point. Qdrant's geo index alone reads far more
+points than the region holds for a large radius (it covers the circle with a
+few coarse geohashes): at 1 M points, a 1,000 km radius took 35 ms at p99 with
+it and recall 0.93, and 20 ms with recall 1.0 with the grid in front. A shard or
+collection whose points lack the key (loaded by an earlier version) is searched
+by the geo index alone until the points are loaded again.
 
 Geographic filters follow :meth:`vectorgeo.stores.base.GeoFilter.contains`:
 
@@ -14,6 +23,7 @@ Geographic filters follow :meth:`vectorgeo.stores.base.GeoFilter.contains`:
   as :data:`vectorgeo.geodesy.EARTH_RADIUS_M`. Qdrant tests ``distance <
   radius`` where GeoFilter tests ``<=``, and rounding differs, so answers may
   differ only for cells within a metre of the circle.
+* polygon: Qdrant's ``geo_polygon`` on the ring, closed for it.
 * bbox: Qdrant's ``geo_bounding_box`` compares with strict inequalities; the
   adapter widens the box by 1e-9 degrees (0.1 mm) so that edges count as
   inside, as in GeoFilter. A box crossing the antimeridian (``west > east``)
@@ -41,6 +51,7 @@ import numpy as np
 
 from vectorgeo.errors import InvalidInputError, NotFoundError, StoreUnavailableError
 from vectorgeo.stores.base import GeoFilter, Match
+from vectorgeo.stores.geogrid import cover_ranges, geo_cells
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -51,6 +62,9 @@ log = logging.getLogger(__name__)
 
 LOCATION_FIELD = "location"
 """Payload key of the geo point (``{"lat": .., "lon": ..}``) that carries the geo index."""
+
+GRID_FIELD = "geo_cell"
+"""Payload key of the cell's 1-degree grid key (:mod:`vectorgeo.stores.geogrid`), integer-indexed for range scans."""
 
 INDEXING_THRESHOLD_KB = 20_000
 """Qdrant's optimizer indexing threshold (KB of vectors per segment) restored after a bulk load."""
@@ -206,7 +220,17 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 
 def _payloads(lat: np.ndarray, lng: np.ndarray) -> list[dict[str, Any]]:
-    return [{LOCATION_FIELD: {"lat": a, "lon": o}} for a, o in zip(lat.tolist(), lng.tolist(), strict=True)]
+    cells = geo_cells(lat, lng).tolist()
+    return [
+        {LOCATION_FIELD: {"lat": a, "lon": o}, GRID_FIELD: c}
+        for a, o, c in zip(lat.tolist(), lng.tolist(), cells, strict=True)
+    ]
+
+
+def _grid_rows(geo: GeoFilter) -> list[tuple[int, int]]:
+    """The filter's grid cover as inclusive key ranges, one or two per grid row."""
+    lo, hi = cover_ranges(geo)
+    return list(zip(lo.tolist(), hi.tolist(), strict=True))
 
 
 def _vector_of(raw: Any) -> np.ndarray:
@@ -249,6 +273,7 @@ class QdrantClientStore:
         self.hnsw_ef = hnsw_ef
         self._dim: int | None = None
         self._loading = False
+        self._grid_ready: bool | None = None  # known after the first filtered search; reset by writes
 
     def _optimizers(self, threshold_kb: int) -> Any:
         from qdrant_client import models
@@ -307,7 +332,11 @@ class QdrantClientStore:
             quantization_config=quantization,
         )
         self.client.create_payload_index(self.collection, LOCATION_FIELD, field_schema=models.PayloadSchemaType.GEO)
-        self._dim, self._loading = dim, True
+        grid_index = models.IntegerIndexParams(
+            type=models.IntegerIndexType.INTEGER, lookup=False, range=True, enable_hnsw=False
+        )
+        self.client.create_payload_index(self.collection, GRID_FIELD, field_schema=grid_index)
+        self._dim, self._loading, self._grid_ready = dim, True, None
         log.info(
             "created Qdrant collection %s (dim %d, on_disk=%s, int8=%s)",
             self.collection,
@@ -333,7 +362,16 @@ class QdrantClientStore:
                 ids=h3[part].tolist(), vectors=vectors[part].tolist(), payloads=_payloads(lat[part], lng[part])
             )
             self.client.upsert(self.collection, points=batch, wait=True)
+        self._grid_ready = None
         return len(h3)
+
+    def _grid_indexed(self) -> bool:
+        """True when the server indexes the grid key of every point (collections made before it existed do not)."""
+        if self._grid_ready is None:
+            info = self.client.get_collection(self.collection)
+            grid = (info.payload_schema or {}).get(GRID_FIELD)
+            self._grid_ready = grid is not None and grid.points == info.points_count
+        return self._grid_ready
 
     def finish_load(self) -> None:
         """Restore the indexing threshold so Qdrant builds the HNSW index (asynchronously on a server)."""
@@ -345,9 +383,16 @@ class QdrantClientStore:
         from qdrant_client import models
 
         must, should = [], None
+        if geo is not None and self._grid_indexed():
+            rows = [models.FieldCondition(key=GRID_FIELD, range=models.Range(gte=a, lte=b)) for a, b in _grid_rows(geo)]
+            must.append(models.Filter(should=rows))
         if geo is not None and geo.is_radius:
             radius = models.GeoRadius(center=models.GeoPoint(lat=geo.lat, lon=geo.lng), radius=geo.radius_km * 1000.0)
             must.append(models.FieldCondition(key=LOCATION_FIELD, geo_radius=radius))
+        elif geo is not None and geo.is_polygon:
+            ring = [models.GeoPoint(lon=x, lat=y) for x, y in (*geo.polygon, geo.polygon[0])]
+            polygon = models.GeoPolygon(exterior=models.GeoLineString(points=ring))
+            must.append(models.FieldCondition(key=LOCATION_FIELD, geo_polygon=polygon))
         elif geo is not None:
             conditions = [
                 models.FieldCondition(
@@ -449,6 +494,7 @@ class QdrantEdgeStore:
         self.hnsw_ef = hnsw_ef
         self._shard: Any = None
         self._dim: int | None = None
+        self._grid_ready: bool | None = None  # known after the first filtered search; reset by writes
         if self._config_file.exists():
             self._open()
 
@@ -538,35 +584,61 @@ class QdrantEdgeStore:
 
         shard, dim = self._require()
         h3, lat, lng, vectors = _validate_rows(h3, lat, lng, vectors, dim)
+        cells = geo_cells(lat, lng)
         for part in _batches(len(h3), self.batch_size):
             # one comprehension, payloads built inline: converting Points is the load's cost, not the engine
             points = [
-                Point(i, v, {LOCATION_FIELD: {"lat": a, "lon": o}})
-                for i, v, a, o in zip(
-                    h3[part].tolist(), vectors[part].tolist(), lat[part].tolist(), lng[part].tolist(), strict=True
+                Point(i, v, {LOCATION_FIELD: {"lat": a, "lon": o}, GRID_FIELD: c})
+                for i, v, a, o, c in zip(
+                    h3[part].tolist(),
+                    vectors[part].tolist(),
+                    lat[part].tolist(),
+                    lng[part].tolist(),
+                    cells[part].tolist(),
+                    strict=True,
                 )
             ]
             shard.update(UpdateOperation.upsert_points(points))
+        self._grid_ready = None
         return len(h3)
 
     def finish_load(self) -> None:
         """Build the geo payload index if missing, run Edge's optimizers (HNSW where large enough), flush."""
-        from qdrant_edge import PayloadSchemaType, UpdateOperation
+        from qdrant_edge import IntegerIndexParams, PayloadSchemaType, UpdateOperation
 
         shard, _ = self._require()
-        if LOCATION_FIELD not in shard.info().payload_schema:
+        schema = shard.info().payload_schema
+        if LOCATION_FIELD not in schema:
             shard.update(UpdateOperation.create_field_index(LOCATION_FIELD, PayloadSchemaType.Geo))
+        if GRID_FIELD not in schema:
+            shard.update(UpdateOperation.create_field_index(GRID_FIELD, IntegerIndexParams(lookup=False, range=True, enable_hnsw=False)))
         optimized = shard.optimize()
         shard.flush()
+        self._grid_ready = None
         log.info("optimized Qdrant Edge shard %s (changed: %s)", self.path, optimized)
 
     def _filter(self, geo: GeoFilter | None, exclude: tuple[int, ...]) -> Any:
-        from qdrant_edge import FieldCondition, Filter, GeoBoundingBox, GeoPoint, GeoRadius, HasIdCondition
+        from qdrant_edge import (
+            FieldCondition,
+            Filter,
+            GeoBoundingBox,
+            GeoPoint,
+            GeoPolygon,
+            GeoRadius,
+            HasIdCondition,
+            RangeFloat,
+        )
 
         must, should = [], None
+        if geo is not None and self._grid_indexed():
+            rows = [FieldCondition(key=GRID_FIELD, range=RangeFloat(gte=a, lte=b)) for a, b in _grid_rows(geo)]
+            must.append(Filter(should=rows))
         if geo is not None and geo.is_radius:
             radius = GeoRadius(center=GeoPoint(lon=geo.lng, lat=geo.lat), radius=geo.radius_km * 1000.0)
             must.append(FieldCondition(key=LOCATION_FIELD, geo_radius=radius))
+        elif geo is not None and geo.is_polygon:
+            ring = [GeoPoint(lon=x, lat=y) for x, y in (*geo.polygon, geo.polygon[0])]
+            must.append(FieldCondition(key=LOCATION_FIELD, geo_polygon=GeoPolygon(ring)))
         elif geo is not None:
             conditions = [
                 FieldCondition(
@@ -585,6 +657,14 @@ class QdrantEdgeStore:
         if not must and should is None and must_not is None:
             return None
         return Filter(must=must or None, should=should, must_not=must_not)
+
+    def _grid_indexed(self) -> bool:
+        """True when every point carries an indexed grid key (shards loaded before it existed do not)."""
+        if self._grid_ready is None:
+            info = self._shard.info()
+            grid = info.payload_schema.get(GRID_FIELD)
+            self._grid_ready = grid is not None and grid.points == info.points_count
+        return self._grid_ready
 
     def search(
         self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
