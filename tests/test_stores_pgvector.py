@@ -355,3 +355,12 @@ def test_radius_edge_follows_haversine(pg_url, radius_km):
         got = s.search(vectors[0], n, geo=geo)
         assert s.last_plan == "exact"
         assert sorted(m.h3 for m in got) == h3[inside].tolist()
+
+
+def test_hnsw_build_memory_holds_the_graph_within_bounds():
+    from vectorgeo.stores.pgvector import hnsw_build_memory
+
+    assert hnsw_build_memory(1000, 16, 24) == "64MB"  # small tables: the floor
+    assert hnsw_build_memory(1_000_000, 16, 24) == "1231MB"  # (64 + 768 + 200) B x 1.25 per row, in MiB
+    assert hnsw_build_memory(1_000_000, 64, 24) == "1460MB"
+    assert hnsw_build_memory(50_000_000, 64, 24) == "2048MB"  # the ceiling: larger graphs build, only slower

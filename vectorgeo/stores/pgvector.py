@@ -216,7 +216,7 @@ class PgVectorStore:
         table: str = "vectorgeo",
         *,
         maintenance_work_mem: str | None = None,
-        hnsw_m: int = 16,
+        hnsw_m: int = 24,
         hnsw_ef_construction: int = 128,
         hnsw_ef_search: int = 100,
         exact_max_rows: int = 50_000,
