@@ -24,8 +24,8 @@ from search_data import CENTRE, RES, build_search_bucket, open_test_service
 
 from tests.conftest import REPO_ROOT
 from vectorgeo.errors import StoreUnavailableError
-from vectorgeo.stores import GeoFilter
 from vectorgeo.search import Query, SearchOptions, SearchService
+from vectorgeo.stores import GeoFilter
 
 HANDLER = REPO_ROOT / "lambda" / "handler.py"
 OPENAPI = json.loads((REPO_ROOT / "lambda" / "openapi.json").read_text())

@@ -102,7 +102,7 @@ ARROWHEAD = ((5.0, 50.0), (15.0, 38.0), (25.0, 50.0), (15.0, 46.0))  # concave: 
 
 
 def test_polygon_contains_even_odd_and_its_cover():
-    geo = GeoFilter(polygon=ARROWHEAD + (ARROWHEAD[0],))  # a closed ring is accepted too
+    geo = GeoFilter(polygon=(*ARROWHEAD, ARROWHEAD[0]))  # a closed ring is accepted too
     assert geo.polygon == ARROWHEAD and geo.is_polygon and not geo.is_radius
     lat = np.array([44.0, 47.0, 49.0, 44.0, 37.0, 44.0])
     lng = np.array([15.0, 15.0, 6.0, 10.0, 15.0, 30.0])

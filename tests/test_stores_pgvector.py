@@ -364,3 +364,32 @@ def test_hnsw_build_memory_holds_the_graph_within_bounds():
     assert hnsw_build_memory(1_000_000, 16, 24) == "1231MB"  # (64 + 768 + 200) B x 1.25 per row, in MiB
     assert hnsw_build_memory(1_000_000, 64, 24) == "1460MB"
     assert hnsw_build_memory(50_000_000, 64, 24) == "2048MB"  # the ceiling: larger graphs build, only slower
+
+
+def test_table_from_the_previous_version_searches_before_and_after_its_upgrade(pg_url, data):
+    """A table with the grid column but no unit-vector columns answers radius queries by haversine until create()."""
+    import psycopg
+
+    from vectorgeo.stores.geogrid import GEO_CELL_SQL
+
+    n = 1500
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS vg_prev")
+        conn.execute(
+            "CREATE TABLE vg_prev (h3 bigint PRIMARY KEY, lat double precision NOT NULL, "
+            "lng double precision NOT NULL, embedding vector(16) NOT NULL, "
+            "geo_cell integer GENERATED ALWAYS AS " + GEO_CELL_SQL + " STORED)"
+        )
+        with conn.cursor().copy("COPY vg_prev (h3, lat, lng, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(copy_binary_rows(data["h3"][:n], data["lat"][:n], data["lng"][:n], data["vectors"][:n]))
+    geo = GeoFilter(lat=30.0, lng=10.0, radius_km=2500.0)
+    query = data["queries"][0]
+    subset = {key: value[:n] for key, value in data.items() if key != "queries"}
+    mask = geo.contains(subset["lat"], subset["lng"])
+    expected = [int(h) for h in subset["h3"][mask][np.argsort(-(subset["vectors"][mask] @ query), kind="stable")][:K]]
+    with PgVectorStore(pg_url, "vg_prev") as prev:
+        assert [m.h3 for m in prev.search(query, K, geo=geo)] == expected  # haversine only
+        assert not prev._has_unit_vectors()
+        prev.create(DIM)  # adds ux, uy, uz in one rewrite
+        assert prev._has_unit_vectors()
+        assert [m.h3 for m in prev.search(query, K, geo=geo)] == expected

@@ -186,9 +186,8 @@ class SearchOptions:
             raise InvalidInputError(f"k must be an integer between 1 and {MAX_K}, got {quoted(self.k)}")
         if sum(v is not None for v in (self.radius_km, self.bbox, self.polygon)) > 1:
             raise InvalidInputError("give one of radius_km, bbox and polygon, not several")
-        if self.radius_km is not None:
-            if _finite(self.radius_km, "radius_km", 0, HALF_CIRCUMFERENCE_KM, " km") == 0:
-                raise InvalidInputError("radius_km must be greater than 0")
+        if self.radius_km is not None and _finite(self.radius_km, "radius_km", 0, HALF_CIRCUMFERENCE_KM, " km") == 0:
+            raise InvalidInputError("radius_km must be greater than 0")
         if self.polygon is not None:
             object.__setattr__(self, "polygon", GeoFilter(polygon=self.polygon).polygon)
         if self.bbox is not None:

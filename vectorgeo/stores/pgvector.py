@@ -239,6 +239,7 @@ class PgVectorStore:
                 f"cannot connect to PostgreSQL at {host}: {err}; check DATABASE_URL or start the embedded server"
             ) from err
         self._dim: int | None = None
+        self._unit_vectors: bool | None = None
         self.last_plan: str | None = None  # "hnsw", "hnsw+exact" or "exact": the path the last search took
 
     # ------------------------------------------------------------- identifiers
@@ -264,6 +265,12 @@ class PgVectorStore:
             [self.table, name],
         ).fetchone()
         return row is not None
+
+    def _has_unit_vectors(self) -> bool:
+        """Whether the table has the ux/uy/uz columns; tables from earlier versions get them at the next create()."""
+        if self._unit_vectors is None:
+            self._unit_vectors = self._has_column("uz")
+        return self._unit_vectors
 
     def _require_dim(self) -> int:
         if self._dim is None:
@@ -306,13 +313,12 @@ class PgVectorStore:
             missing = [name for name in generated if not self._has_column(name)]
             if missing:
                 add = sql.SQL(", ").join(
-                    sql.SQL(
-                        "ADD COLUMN {} " + generated[name][0] + " GENERATED ALWAYS AS (" + generated[name][1] + ") STORED"
-                    ).format(sql.Identifier(name))
-                    for name in missing
+                    sql.SQL(f"ADD COLUMN {{}} {kind} GENERATED ALWAYS AS ({expr}) STORED").format(sql.Identifier(name))
+                    for name, (kind, expr) in generated.items()
+                    if name in missing
                 )
                 self._conn.execute(sql.SQL("ALTER TABLE {} ").format(self._ident()) + add)
-        self._dim = dim
+        self._dim, self._unit_vectors = dim, None
 
     # -------------------------------------------------------------------- load
 
@@ -462,20 +468,25 @@ class PgVectorStore:
             parts.append(sql.SQL("point(lng, lat) <@ %s::polygon"))
             params.append("(" + ",".join(f"({x!r},{y!r})" for x, y in geo.polygon) + ")")
         if geo.is_radius:
-            # The stored unit vectors decide every row farther than _DOT_MARGIN (a few cm) from the circle with
-            # one dot product; rows on the edge take the same haversine as vectorgeo.geodesy.haversine_m.
-            centre = _unit_vector(geo.lat, geo.lng)
-            cos_radius = math.cos(geo.radius_km * 1000.0 / EARTH_RADIUS_M)
-            dot = sql.SQL("(ux * %s + uy * %s + uz * %s)")
-            parts.append(
-                sql.SQL(
-                    "({dot} >= %s OR ({dot} >= %s AND 2 * %s * asin(sqrt(least(1.0, greatest(0.0, "
-                    "sin((radians(lat) - radians(%s)) / 2) ^ 2 "
-                    "+ cos(radians(%s)) * cos(radians(lat)) * sin(radians(lng - %s) / 2) ^ 2)))) <= %s))"
-                ).format(dot=dot)
+            # the same haversine as vectorgeo.geodesy.haversine_m, term for term
+            haversine = sql.SQL(
+                "2 * %s * asin(sqrt(least(1.0, greatest(0.0, sin((radians(lat) - radians(%s)) / 2) ^ 2 "
+                "+ cos(radians(%s)) * cos(radians(lat)) * sin(radians(lng - %s) / 2) ^ 2)))) <= %s"
             )
-            params += [*centre, cos_radius + _DOT_MARGIN, *centre, cos_radius - _DOT_MARGIN]
-            params += [EARTH_RADIUS_M, geo.lat, geo.lat, geo.lng, geo.radius_km * 1000.0]
+            haversine_params = [EARTH_RADIUS_M, geo.lat, geo.lat, geo.lng, geo.radius_km * 1000.0]
+            if self._has_unit_vectors():
+                # The stored unit vectors decide every row farther than _DOT_MARGIN (a few cm) from the circle
+                # with one dot product; only rows on the edge take the haversine.
+                centre = _unit_vector(geo.lat, geo.lng)
+                cos_radius = math.cos(geo.radius_km * 1000.0 / EARTH_RADIUS_M)
+                dot = sql.SQL("(ux * %s + uy * %s + uz * %s)")
+                parts.append(
+                    sql.SQL("({dot} >= %s OR ({dot} >= %s AND {haversine}))").format(dot=dot, haversine=haversine)
+                )
+                params += [*centre, cos_radius + _DOT_MARGIN, *centre, cos_radius - _DOT_MARGIN, *haversine_params]
+            else:
+                parts.append(haversine)
+                params += haversine_params
         return sql.SQL(" AND ").join(parts), params
 
     def _region_rows(self, geo: GeoFilter, columns: str) -> tuple[Any, list[Any]]:
@@ -506,7 +517,7 @@ class PgVectorStore:
         from psycopg import sql
 
         if plan == "exact":
-            columns = "t.h3, t.lat, t.lng, t.ux, t.uy, t.uz, t.embedding"
+            columns = "t.h3, t.lat, t.lng, t.embedding" + (", t.ux, t.uy, t.uz" if self._has_unit_vectors() else "")
             if geo is None:
                 rows, row_params = sql.SQL("SELECT " + columns + " FROM {} t").format(self._ident()), []
             else:

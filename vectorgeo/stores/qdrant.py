@@ -4,7 +4,7 @@ Both store one point per H3 cell: the point id is the cell's uint64 id, the
 vector is the embedding (cosine distance), and the payload holds the centre as
 ``location = {"lat": .., "lon": ..}`` (a Qdrant geo point, with a geo payload
 index) and its 1-degree grid key ``geo_cell`` (:mod:`vectorgeo.stores.geogrid`,
-with an integer range index). Duplicate ``lat``/``lng`` keys are not stored: they
+with an integer lookup index). Duplicate ``lat``/``lng`` keys are not stored: they
 cost a third of Edge's load rate and add nothing.
 
 Every geographic filter is narrowed first to the grid keys covering it (a
@@ -612,7 +612,10 @@ class QdrantEdgeStore:
         return len(h3)
 
     def finish_load(self) -> None:
-        """Build the geo payload index if missing, run Edge's optimizers (HNSW where large enough), flush."""
+        """Build the geo and grid payload indexes if missing, run Edge's optimizers (HNSW where large enough), flush.
+
+        The grid index skips Qdrant's extra per-value HNSW links, which would double the build.
+        """
         from qdrant_edge import IntegerIndexParams, PayloadSchemaType, UpdateOperation
 
         shard, _ = self._require()
@@ -620,7 +623,8 @@ class QdrantEdgeStore:
         if LOCATION_FIELD not in schema:
             shard.update(UpdateOperation.create_field_index(LOCATION_FIELD, PayloadSchemaType.Geo))
         if GRID_FIELD not in schema:
-            shard.update(UpdateOperation.create_field_index(GRID_FIELD, IntegerIndexParams(lookup=True, range=False, enable_hnsw=False)))
+            grid_index = IntegerIndexParams(lookup=True, range=False, enable_hnsw=False)
+            shard.update(UpdateOperation.create_field_index(GRID_FIELD, grid_index))
         optimized = shard.optimize()
         shard.flush()
         self._grid_ready = None
