@@ -2,9 +2,11 @@
 
 Every row gets ``geo_cell = row * 360 + col`` with ``row = floor(lat + 90)`` and
 ``col = floor(lng + 180)`` (clamped to 0..179 and 0..359, so the poles and 180°
-fall in the last cell). A filter is first narrowed to the grid cells its
-bounding box touches — a few contiguous key ranges, one per grid row — and the
-exact test (great-circle distance or box edges) then runs on those rows only.
+fall in the last cell). A filter is first narrowed to the grid cells it can
+touch — a few contiguous key ranges, one or two per grid row (a box or
+polygon: its bounding box; a circle: per row, the longitudes it reaches in
+that row) — and the exact test (great-circle distance, box edges or polygon)
+then runs on those rows only.
 The key is plain arithmetic, so PostgreSQL can compute it as a generated column
 with the same IEEE double operations and the covering never misses a row. It
 needs no PostGIS and scales to a planet: a 50 km query touches a handful of
