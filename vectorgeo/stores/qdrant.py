@@ -216,6 +216,53 @@ def _ids(exclude: tuple[int, ...]) -> list[int]:
     return [int(i) for i in exclude]
 
 
+def _build_filter(
+    api: Any,
+    geo: GeoFilter | None,
+    cells: list[int] | None,
+    exclude: tuple[int, ...],
+    *,
+    has_id: Callable[[list[int]], Any],
+    exterior: Callable[[list[Any]], Any],
+) -> Any:
+    """The filter for ``geo`` (after the grid cells ``cells``, if any) and ``exclude``, or None for no filter.
+
+    ``api`` is qdrant-client's ``models`` or ``qdrant_edge``: their condition classes share names and
+    keywords except for an id condition and a polygon's outer ring, which ``has_id`` and ``exterior`` build.
+    """
+    must, should = [], None
+    if cells is not None:
+        must.append(api.FieldCondition(key=GRID_FIELD, match=api.MatchAny(any=cells)))
+    if geo is not None and geo.is_radius:
+        radius = api.GeoRadius(center=api.GeoPoint(lat=geo.lat, lon=geo.lng), radius=geo.radius_km * 1000.0)
+        must.append(api.FieldCondition(key=LOCATION_FIELD, geo_radius=radius))
+    elif geo is not None and geo.is_polygon:
+        ring = [api.GeoPoint(lat=y, lon=x) for x, y in (*geo.polygon, geo.polygon[0])]  # closed for Qdrant
+        must.append(api.FieldCondition(key=LOCATION_FIELD, geo_polygon=api.GeoPolygon(exterior=exterior(ring))))
+    elif geo is not None:
+        boxes = [
+            api.FieldCondition(
+                key=LOCATION_FIELD,
+                geo_bounding_box=api.GeoBoundingBox(
+                    top_left=api.GeoPoint(lat=top, lon=left), bottom_right=api.GeoPoint(lat=bottom, lon=right)
+                ),
+            )
+            for top, left, bottom, right in _boxes(geo.bbox)
+        ]
+        if len(boxes) == 1:
+            must.extend(boxes)
+        else:
+            should = boxes
+    must_not = [has_id(_ids(exclude))] if exclude else None
+    if not must and should is None and must_not is None:
+        return None
+    return api.Filter(must=must or None, should=should, must_not=must_not)
+
+
+def _log_created(what: str, where: object, dim: int, on_disk: bool, quantization: bool) -> None:
+    log.info("created %s %s (dim %d, on_disk=%s, int8=%s)", what, where, dim, on_disk, quantization)
+
+
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -346,13 +393,7 @@ class QdrantClientStore:
         )
         self.client.create_payload_index(self.collection, GRID_FIELD, field_schema=grid_index)
         self._dim, self._loading, self._grid_ready = dim, True, None
-        log.info(
-            "created Qdrant collection %s (dim %d, on_disk=%s, int8=%s)",
-            self.collection,
-            dim,
-            self.on_disk,
-            self.quantization,
-        )
+        _log_created("Qdrant collection", self.collection, dim, self.on_disk, self.quantization)
 
     def upsert(self, h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: np.ndarray) -> int:
         """Insert or replace points keyed by H3 id; indexing stays off until :meth:`finish_load`.
@@ -391,35 +432,15 @@ class QdrantClientStore:
     def _filter(self, geo: GeoFilter | None, exclude: tuple[int, ...]) -> Any:
         from qdrant_client import models
 
-        must, should = [], None
         cells = _grid_cells(geo) if geo is not None and self._grid_indexed() else None
-        if cells is not None:
-            must.append(models.FieldCondition(key=GRID_FIELD, match=models.MatchAny(any=cells)))
-        if geo is not None and geo.is_radius:
-            radius = models.GeoRadius(center=models.GeoPoint(lat=geo.lat, lon=geo.lng), radius=geo.radius_km * 1000.0)
-            must.append(models.FieldCondition(key=LOCATION_FIELD, geo_radius=radius))
-        elif geo is not None and geo.is_polygon:
-            ring = [models.GeoPoint(lon=x, lat=y) for x, y in (*geo.polygon, geo.polygon[0])]
-            polygon = models.GeoPolygon(exterior=models.GeoLineString(points=ring))
-            must.append(models.FieldCondition(key=LOCATION_FIELD, geo_polygon=polygon))
-        elif geo is not None:
-            conditions = [
-                models.FieldCondition(
-                    key=LOCATION_FIELD,
-                    geo_bounding_box=models.GeoBoundingBox(
-                        top_left=models.GeoPoint(lat=top, lon=left), bottom_right=models.GeoPoint(lat=bottom, lon=right)
-                    ),
-                )
-                for top, left, bottom, right in _boxes(geo.bbox)
-            ]
-            if len(conditions) == 1:
-                must.extend(conditions)
-            else:
-                should = conditions
-        must_not = [models.HasIdCondition(has_id=_ids(exclude))] if exclude else None
-        if not must and should is None and must_not is None:
-            return None
-        return models.Filter(must=must or None, should=should, must_not=must_not)
+        return _build_filter(
+            models,
+            geo,
+            cells,
+            exclude,
+            has_id=lambda ids: models.HasIdCondition(has_id=ids),
+            exterior=lambda ring: models.GeoLineString(points=ring),
+        )
 
     def search(
         self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
@@ -575,13 +596,7 @@ class QdrantEdgeStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self._shard = EdgeShard.create(str(self.path), config)
         self._dim = dim
-        log.info(
-            "created Qdrant Edge shard %s (dim %d, on_disk=%s, int8=%s)",
-            self.path,
-            dim,
-            self.on_disk,
-            self.quantization,
-        )
+        _log_created("Qdrant Edge shard", self.path, dim, self.on_disk, self.quantization)
 
     def upsert(self, h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: np.ndarray) -> int:
         """Insert or replace points keyed by H3 id (written to the WAL; searchable at once).
@@ -631,45 +646,17 @@ class QdrantEdgeStore:
         log.info("optimized Qdrant Edge shard %s (changed: %s)", self.path, optimized)
 
     def _filter(self, geo: GeoFilter | None, exclude: tuple[int, ...]) -> Any:
-        from qdrant_edge import (
-            FieldCondition,
-            Filter,
-            GeoBoundingBox,
-            GeoPoint,
-            GeoPolygon,
-            GeoRadius,
-            HasIdCondition,
-            MatchAny,
-        )
+        import qdrant_edge
 
-        must, should = [], None
         cells = _grid_cells(geo) if geo is not None and self._grid_indexed() else None
-        if cells is not None:
-            must.append(FieldCondition(key=GRID_FIELD, match=MatchAny(cells)))
-        if geo is not None and geo.is_radius:
-            radius = GeoRadius(center=GeoPoint(lon=geo.lng, lat=geo.lat), radius=geo.radius_km * 1000.0)
-            must.append(FieldCondition(key=LOCATION_FIELD, geo_radius=radius))
-        elif geo is not None and geo.is_polygon:
-            ring = [GeoPoint(lon=x, lat=y) for x, y in (*geo.polygon, geo.polygon[0])]
-            must.append(FieldCondition(key=LOCATION_FIELD, geo_polygon=GeoPolygon(ring)))
-        elif geo is not None:
-            conditions = [
-                FieldCondition(
-                    key=LOCATION_FIELD,
-                    geo_bounding_box=GeoBoundingBox(
-                        top_left=GeoPoint(lon=left, lat=top), bottom_right=GeoPoint(lon=right, lat=bottom)
-                    ),
-                )
-                for top, left, bottom, right in _boxes(geo.bbox)
-            ]
-            if len(conditions) == 1:
-                must.extend(conditions)
-            else:
-                should = conditions
-        must_not = [HasIdCondition(set(_ids(exclude)))] if exclude else None
-        if not must and should is None and must_not is None:
-            return None
-        return Filter(must=must or None, should=should, must_not=must_not)
+        return _build_filter(
+            qdrant_edge,
+            geo,
+            cells,
+            exclude,
+            has_id=lambda ids: qdrant_edge.HasIdCondition(set(ids)),
+            exterior=lambda ring: ring,
+        )
 
     def _grid_indexed(self) -> bool:
         """True when every point carries an indexed grid key (shards loaded before it existed do not)."""
