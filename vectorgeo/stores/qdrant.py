@@ -289,6 +289,15 @@ def _grid_cells(geo: GeoFilter) -> list[int] | None:
     return np.concatenate([np.arange(a, b + 1) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]).tolist()
 
 
+def _fetched(records: list, missing: str) -> tuple[np.ndarray, float, float]:
+    """``(vector, lat, lng)`` of the one retrieved record; NotFoundError(``missing``) when there is none."""
+    if not records:
+        raise NotFoundError(missing)
+    rec = records[0]
+    location = rec.payload[LOCATION_FIELD]
+    return _vector_of(rec.vector), float(location["lat"]), float(location["lon"])
+
+
 def _vector_of(raw: Any) -> np.ndarray:
     """The default (unnamed) vector of a record, whichever shape the engine returns."""
     if isinstance(raw, dict):
@@ -467,14 +476,7 @@ class QdrantClientStore:
         """
         self._require_dim()
         records = self.client.retrieve(self.collection, [int(h3)], with_payload=[LOCATION_FIELD], with_vectors=True)
-        if not records:
-            raise NotFoundError(f"cell {int(h3)} is not in Qdrant collection {self.collection!r}")
-        rec = records[0]
-        return (
-            _vector_of(rec.vector),
-            float(rec.payload[LOCATION_FIELD]["lat"]),
-            float(rec.payload[LOCATION_FIELD]["lon"]),
-        )
+        return _fetched(records, f"cell {int(h3)} is not in Qdrant collection {self.collection!r}")
 
     def count(self) -> int:
         """Points stored (exact count)."""
@@ -694,14 +696,7 @@ class QdrantEdgeStore:
         """
         shard, _ = self._require()
         records = shard.retrieve([int(h3)], with_payload=[LOCATION_FIELD], with_vector=True)
-        if not records:
-            raise NotFoundError(f"cell {int(h3)} is not in Qdrant Edge shard {self.path}")
-        rec = records[0]
-        return (
-            _vector_of(rec.vector),
-            float(rec.payload[LOCATION_FIELD]["lat"]),
-            float(rec.payload[LOCATION_FIELD]["lon"]),
-        )
+        return _fetched(records, f"cell {int(h3)} is not in Qdrant Edge shard {self.path}")
 
     def count(self) -> int:
         """Points stored (exact count)."""
