@@ -44,6 +44,8 @@ DATA_DIR = os.environ.get("VG_DATA_DIR", str(REPO_ROOT / "data" / "stores"))
 QDRANT_URL = os.environ.get("QDRANT_URL") or None
 QDRANT_API_KEY = os.environ.get("QDRANT_API_KEY") or None
 DATABASE_URL = os.environ.get("DATABASE_URL") or None
+# maintenance_work_mem for pgvector's HNSW build (e.g. "4GB"); empty = sized to hold the graph, at most 2GB.
+PG_MAINTENANCE_WORK_MEM = os.environ.get("VG_PG_MAINTENANCE_WORK_MEM", "") or None
 
 # Search service (lambda/handler.py and the local server). Stores it may query, in order; the first
 # is the default unless VG_SEARCH_DEFAULT_STORE names another.

@@ -85,6 +85,7 @@ def store_servers(kinds: list[str]) -> dict:
         "qdrant_url": constants.QDRANT_URL,
         "qdrant_api_key": constants.QDRANT_API_KEY,
         "database_url": constants.DATABASE_URL,
+        "pg_maintenance_work_mem": constants.PG_MAINTENANCE_WORK_MEM,
     }
 
 

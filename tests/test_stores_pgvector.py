@@ -393,3 +393,17 @@ def test_table_from_the_previous_version_searches_before_and_after_its_upgrade(p
         prev.create(DIM)  # adds ux, uy, uz in one rewrite
         assert prev._has_unit_vectors()
         assert [m.h3 for m in prev.search(query, K, geo=geo)] == expected
+
+
+def test_maintenance_work_mem_is_configurable(pg_url, data, tmp_path, caplog):
+    from vectorgeo.stores import open_store
+
+    with pytest.raises(InvalidInputError, match="memory size such as"):
+        PgVectorStore(pg_url, "vg_mem", maintenance_work_mem="lots")
+    store = open_store("pgvector", "vg_mem", data_dir=tmp_path, database_url=pg_url, pg_maintenance_work_mem="96MB")
+    with store, caplog.at_level(logging.INFO, logger="vectorgeo.stores.pgvector"):
+        store.create(DIM, wipe=True)
+        store.upsert(data["h3"][:200], data["lat"][:200], data["lng"][:200], data["vectors"][:200])
+        store.finish_load()
+        assert store._conn.execute("SHOW maintenance_work_mem").fetchone()[0] != "96MB"  # reset after the build
+    assert "maintenance_work_mem=96MB" in caplog.text

@@ -56,6 +56,7 @@ def load_store(
     qdrant_url: str | None = None,
     qdrant_api_key: str | None = None,
     database_url: str | None = None,
+    pg_maintenance_work_mem: str | None = None,
 ) -> dict:
     """Load every embedding part into one store, resumably, then build its indexes.
 
@@ -86,7 +87,7 @@ def load_store(
     done = {} if wipe or not progress_path.is_file() else _read_progress(progress_path)
     store = open_store(
         kind, collection, data_dir=data_dir, qdrant_url=qdrant_url, qdrant_api_key=qdrant_api_key,
-        database_url=database_url,
+        database_url=database_url, pg_maintenance_work_mem=pg_maintenance_work_mem,
     )  # fmt: skip
     try:
         dim = int(read_part_arrays(bucket.download(parts[0]), 1)[3].shape[1])

@@ -24,6 +24,7 @@ def open_store(
     qdrant_url: str | None = None,
     qdrant_api_key: str | None = None,
     database_url: str | None = None,
+    pg_maintenance_work_mem: str | None = None,
 ) -> VectorStore:
     """Open one store by kind: the production server when its URL is given, else the embedded default.
 
@@ -36,6 +37,8 @@ def open_store(
         qdrant_api_key: Its API key, if any.
         database_url: A PostgreSQL with pgvector (``DATABASE_URL``); None = the
             embedded PostgreSQL in ``data_dir``, started now and stopped on ``close()``.
+        pg_maintenance_work_mem: ``maintenance_work_mem`` for pgvector's HNSW build (e.g. ``"4GB"``);
+            None sizes it to the graph.
 
     Raises:
         InvalidInputError: unknown kind.
@@ -49,9 +52,10 @@ def open_store(
     if kind == "pgvector":
         from vectorgeo.stores.pgvector import EmbeddedPgVectorStore, PgVectorStore
 
+        options = {"maintenance_work_mem": pg_maintenance_work_mem}
         if database_url:
-            return PgVectorStore(database_url, table=name)
-        return EmbeddedPgVectorStore(data_dir / "postgres", table=name)
+            return PgVectorStore(database_url, table=name, **options)
+        return EmbeddedPgVectorStore(data_dir / "postgres", table=name, **options)
     if kind == "faiss":
         from vectorgeo.stores.faiss import FaissStore
 

@@ -60,6 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+_MEMORY_RE = re.compile(r"^[1-9][0-9]{0,9}\s*(kB|MB|GB|TB)$")
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 _COPY_CHUNK_BYTES = 8 << 20
@@ -225,6 +226,11 @@ class PgVectorStore:
         import psycopg
 
         self.table = check_table_name(table)
+        if maintenance_work_mem is not None and not _MEMORY_RE.match(str(maintenance_work_mem)):
+            raise InvalidInputError(
+                f"maintenance_work_mem must be a PostgreSQL memory size such as '512MB' or '4GB', "
+                f"got {maintenance_work_mem!r} (VG_PG_MAINTENANCE_WORK_MEM)"
+            )
         self.maintenance_work_mem = maintenance_work_mem
         self.hnsw_m = int(hnsw_m)
         self.hnsw_ef_construction = int(hnsw_ef_construction)
