@@ -14,6 +14,7 @@ is not counted). Writes
 benchmarks/results/stores_d{D}_n{N}.json.
 
     .venv/bin/python benchmarks/stores.py --n 1000000 --dim 16
+    .venv/bin/python benchmarks/stores.py --n 1000000 --dim 16 --stores qdrant --load-repeats 5
 """
 
 from __future__ import annotations
@@ -137,6 +138,28 @@ def load_and_build(store, dim: int, h3, lat, lng, vectors) -> dict:
     return {"load_rows_per_s": round(len(h3) / load_s), "index_build_s": round(build_s, 1)}
 
 
+def load_rates(args: argparse.Namespace, h3, lat, lng, vectors) -> None:
+    """Time the load alone, ``args.load_repeats`` times per store: on a shared machine one run is one sample."""
+    results = {}
+    for kind in args.stores.split(","):
+        rates = []
+        for _ in range(args.load_repeats):
+            with tempfile.TemporaryDirectory(prefix=f"vg-bench-{kind}-") as tmp:
+                store = open_store(kind, "bench", data_dir=tmp)
+                store.create(args.dim, wipe=True)
+                started = time.perf_counter()
+                for s in range(0, len(h3), BATCH):
+                    store.upsert(h3[s : s + BATCH], lat[s : s + BATCH], lng[s : s + BATCH], vectors[s : s + BATCH])
+                rates.append(round(len(h3) / (time.perf_counter() - started)))
+                store.close()
+        results[kind] = {"median": int(np.median(rates)), "min": min(rates), "max": max(rates), "runs": rates}
+        print(f"{kind}: load rows/s median {results[kind]['median']:,} (min {min(rates):,}, max {max(rates):,})")
+    out = Path(__file__).parent / "results" / f"stores_load_d{args.dim}_n{args.n}.json"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    out.write_text(json.dumps({"n": args.n, "dim": args.dim, "machine": machine, "load_rows_per_s": results}) + "\n")
+    print(f"wrote {out}")
+
+
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -151,6 +174,13 @@ def main() -> None:
         "--work-dir",
         help="keep each built store under this folder and reuse it (with its load/build figures) on the next run",
     )
+    parser.add_argument(
+        "--load-repeats",
+        type=int,
+        default=0,
+        help="only time loading, this many times per store into fresh stores (median, min, max); writes "
+        "stores_load_d{D}_n{N}.json",
+    )
     parser.add_argument("--probe-memory", nargs=2, metavar=("KIND", "DATA_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_memory:
@@ -160,6 +190,9 @@ def main() -> None:
     lat, lng = land_points(args.n, rng)
     vectors = clustered_vectors(args.n, args.dim, rng)
     h3 = np.arange(1, args.n + 1, dtype=np.uint64) + np.uint64(6 * 10**17)
+    if args.load_repeats:
+        load_rates(args, h3, lat, lng, vectors)
+        return
     pick = rng.choice(args.n, args.queries, replace=False)
     queries = vectors[pick] + 0.05 * rng.normal(size=(args.queries, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
