@@ -118,9 +118,12 @@ def test_polygon_contains_even_odd_and_its_cover():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"polygon": ((0, 0), (1, 1))}, "3 to 1000 vertices"),
-        ({"polygon": ((0, 0), (1, 1), (2, 2))}, "no area"),
-        ({"polygon": ((170, 0), (-170, 0), (-170, 5))}, "crosses the antimeridian"),
+        ({"polygon": ((0, 0), (1, 1))}, "3 to 500 vertices"),
+        ({"polygon": ((0, 0), (1, 1), (2, 2))}, "cross or touch"),  # no area: its edges fold back
+        ({"polygon": ((0, 0), (1, 1), (1, 0), (0, 1))}, "cross or touch"),  # a bowtie
+        ({"polygon": ((0, 0), (2, 0), (2, 2), (1, 0), (0, 2))}, "cross or touch"),  # a vertex on an edge
+        ({"polygon": ((0, 0), (1, 0), (1, 0), (1, 1))}, "repeats vertex 1"),
+        ({"polygon": ((170, 0), (-170, 0), (-170, 5))}, "more than 180 degrees of longitude"),
         ({"polygon": ((0, 0), (1, 95), (2, 0))}, "lat in -90..90"),
         ({"polygon": ((0, 0), (1, float("nan")), (2, 0))}, "finite"),
         ({"polygon": "not a ring"}, "pairs"),

@@ -398,8 +398,9 @@ def test_table_from_the_previous_version_searches_before_and_after_its_upgrade(p
 def test_maintenance_work_mem_is_configurable(pg_url, data, tmp_path, caplog):
     from vectorgeo.stores import open_store
 
-    with pytest.raises(InvalidInputError, match="memory size such as"):
-        PgVectorStore(pg_url, "vg_mem", maintenance_work_mem="lots")
+    for bad in ("lots", "1kB", "4TB", "3000GB", "-5MB"):  # PostgreSQL takes 64kB .. 2147483647kB; we ask >= 1MB
+        with pytest.raises(InvalidInputError, match="memory size from 1MB to 2047GB"):
+            PgVectorStore(pg_url, "vg_mem", maintenance_work_mem=bad)
     store = open_store("pgvector", "vg_mem", data_dir=tmp_path, database_url=pg_url, pg_maintenance_work_mem="96MB")
     with store, caplog.at_level(logging.INFO, logger="vectorgeo.stores.pgvector"):
         store.create(DIM, wipe=True)

@@ -172,7 +172,15 @@ def test_global_filters_match_contains(fresh):
         west, east = rng.uniform(-180, 180, 2)
         south, north = np.sort(rng.uniform(-90, 90, 2))
         boxes.append((float(west), float(south), float(east), float(north)))
+    polygons = [((-180.0, -90.0), (0.0, -90.0), (180.0, -90.0), (180.0, 90.0), (0.0, 90.0), (-180.0, 90.0)),
+                ((-179.0, 0.0), (0.0, 0.0), (179.0, 0.0), (179.0, 90.0), (0.0, 90.0), (-179.0, 90.0)),
+                ((-180.0, -80.0), (0.0, -80.0), (180.0, -80.0), (180.0, 80.0), (0.0, 80.0), (-180.0, 80.0)),
+                ((-180.0, 60.0), (0.0, 60.0), (180.0, 60.0), (180.0, 90.0), (0.0, 89.0), (-180.0, 90.0))]  # fmt: skip
     for _phase in ("payload scan", "geo index"):
+        for polygon in polygons:  # reaching the poles or spanning 360 degrees, where Qdrant's geo index fails
+            geo = GeoFilter(polygon=polygon)
+            got = {m.h3 for m in store.search(np.float32([1.0, 0.5]), n, geo=geo)}
+            assert got == set(ids[geo.contains(lat, lng)].tolist()), polygon
         for bbox in boxes:
             geo = GeoFilter(bbox=bbox)
             got = {m.h3 for m in store.search(np.float32([1.0, 0.5]), n, geo=geo)}

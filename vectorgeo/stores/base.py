@@ -20,7 +20,7 @@ from vectorgeo.geodesy import HALF_CIRCUMFERENCE_KM, haversine_m
 __all__ = ["MAX_POLYGON_VERTICES", "GeoFilter", "Match", "VectorStore"]
 
 
-MAX_POLYGON_VERTICES = 1000
+MAX_POLYGON_VERTICES = 500
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,11 @@ class GeoFilter:
     * ``bbox`` as ``(west, south, east, north)`` degrees, edges included;
       ``west > east`` means the box crosses the antimeridian;
     * ``polygon`` as a ring of ``(lng, lat)`` vertices (GeoJSON order; closing
-      it is optional), tested in the plane of longitude and latitude with the
-      even-odd rule, as Qdrant and PostgreSQL do. No edge may cross the
-      antimeridian (split such a polygon in two). A point exactly on an edge
-      may fall either way, and stores may differ there.
+      it is optional), tested in the plane of longitude and latitude, as Qdrant
+      and PostgreSQL do. The ring must be simple (no edges crossing or
+      touching: stores count a self-crossing ring's loops differently), and no
+      edge may cross the antimeridian (split such a polygon in two). A point
+      exactly on an edge may fall either way, and stores may differ there.
     """
 
     lat: float | None = None
@@ -110,19 +111,55 @@ def _check_polygon(polygon: object) -> tuple[tuple[float, float], ...]:
     if not ((np.abs(ring[:, 0]) <= 180).all() and (np.abs(ring[:, 1]) <= 90).all()):
         raise InvalidInputError("polygon vertices must be [lng, lat] with lng in -180..180 and lat in -90..90")
     if (np.abs(np.diff(np.r_[ring[:, 0], ring[:1, 0]])) > 180).any():
-        raise InvalidInputError("a polygon edge crosses the antimeridian; split the polygon there into two")
-    if abs(_ring_area(ring)) == 0:
-        raise InvalidInputError("polygon has no area (its vertices lie on one line)")
+        raise InvalidInputError(
+            "a polygon edge spans more than 180 degrees of longitude: add vertices along it, or, if it crosses "
+            "the antimeridian, split the polygon there into two"
+        )
+    repeated = np.flatnonzero((ring == np.roll(ring, -1, axis=0)).all(axis=1))
+    if repeated.size:
+        raise InvalidInputError(f"polygon repeats vertex {int(repeated[0])} right after itself; drop the copy")
+    if _edges_touch(ring):
+        raise InvalidInputError(
+            "polygon edges cross or touch each other; give a simple ring (stores disagree on what such a ring holds)"
+        )
     return tuple((float(x), float(y)) for x, y in ring)
 
 
-def _ring_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+def _edges_touch(ring: np.ndarray) -> bool:
+    """True when two edges that are not neighbours meet, or two neighbours fold back over each other."""
+    n = len(ring)
+    a, b = ring, np.roll(ring, -1, axis=0)
+    p, q = a[:, None, :], b[:, None, :]  # edge i
+    r, t = a[None, :, :], b[None, :, :]  # edge j
+
+    def orient(u, v, w):
+        return np.sign(
+            (v[..., 0] - u[..., 0]) * (w[..., 1] - u[..., 1]) - (v[..., 1] - u[..., 1]) * (w[..., 0] - u[..., 0])
+        )
+
+    def within(u, v, w):  # w inside the bounding box of segment uv (with orient == 0: on the segment)
+        lo, hi = np.minimum(u, v), np.maximum(u, v)
+        return ((lo <= w) & (w <= hi)).all(axis=-1)
+
+    o1, o2, o3, o4 = orient(p, q, r), orient(p, q, t), orient(r, t, p), orient(r, t, q)
+    cross = (o1 * o2 < 0) & (o3 * o4 < 0)
+    touch = ((o1 == 0) & within(p, q, r)) | ((o2 == 0) & within(p, q, t))
+    touch |= ((o3 == 0) & within(r, t, p)) | ((o4 == 0) & within(r, t, q))
+    i, j = np.triu_indices(n, k=1)
+    neighbours = (j == i + 1) | ((i == 0) & (j == n - 1))
+    if ((cross | touch)[i, j] & ~neighbours).any():
+        return True
+    # neighbours share a vertex; they fold back when the far end of one lies on the other
+    k = np.arange(n)
+    nxt = (k + 1) % n
+    far_on_next = (orient(a[nxt], b[nxt], a[k]) == 0) & within(a[nxt], b[nxt], a[k])  # edge k's start on k+1
+    far_on_this = (orient(a[k], b[k], b[nxt]) == 0) & within(a[k], b[k], b[nxt])  # edge k+1's end on edge k
+    return bool((far_on_next | far_on_this).any())
 
 
 def _in_polygon(ring: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Even-odd rule: a ray from each point towards +x crosses the ring's edges an odd number of times."""
+    """Even-odd rule (the same as winding for the simple rings GeoFilter accepts): a ray from each point
+    towards +x crosses the ring's edges an odd number of times."""
     inside = np.zeros(np.broadcast(x, y).shape, dtype=bool)
     x1, y1 = ring[:, 0], ring[:, 1]
     x2, y2 = np.roll(x1, -1), np.roll(y1, -1)

@@ -450,7 +450,7 @@ class FaissStore:
     def _filter(self, geo: GeoFilter) -> np.ndarray:
         """Positions (ascending) of rows inside ``geo``, exactly per :meth:`GeoFilter.contains`.
 
-        Only rows in the 1-degree grid cells the filter's box touches are evaluated: each covering
+        Only rows in the 1-degree grid cells covering the filter (see geogrid.cover_ranges) are evaluated: each covering
         key range is one binary search in the sorted keys, one contiguous slice of ``geo_order``.
         """
         lo, hi = cover_ranges(geo)

@@ -104,9 +104,11 @@ _ROW_MARGIN_DEG = 1e-5  # covers acos's rounding where a row just touches the ci
 def _circle_row_spans(geo: GeoFilter, row: int) -> list[tuple[int, int]]:
     """Column spans of grid row ``row`` holding every point of a radius filter whose cap misses both poles.
 
-    On a parallel at latitude p the circle spans ``lng ± acos((cos d - sin p0 sin p) / (cos p0 cos p))``;
-    that half-width grows up to the latitude ``asin(sin p0 / cos d)`` and shrinks after it, so its
-    largest value over the row's band is at that latitude clamped into the band.
+    On a parallel at latitude p the circle spans ``lng ± w`` with, by the haversine formula,
+    ``sin²(w/2) = (sin²(d/2) - sin²((p - p0)/2)) / (cos p0 cos p)`` (this form keeps its precision
+    for centimetre radii next to a pole, where the cosine form loses it). The half-width grows up to
+    the latitude ``asin(sin p0 / cos d)`` and shrinks after it, so its largest value over the row's
+    band is at that latitude clamped into the band.
     """
     delta = geo.radius_km * 1000.0 / EARTH_RADIUS_M
     p0 = math.radians(geo.lat)
@@ -114,8 +116,9 @@ def _circle_row_spans(geo: GeoFilter, row: int) -> list[tuple[int, int]]:
     band_hi = min(math.radians(row - 89.0), p0 + delta)
     widest = math.asin(max(-1.0, min(1.0, math.sin(p0) / math.cos(delta))))
     p = min(max(widest, band_lo), band_hi) if band_lo <= band_hi else (band_lo + band_hi) / 2
-    ratio = (math.cos(delta) - math.sin(p0) * math.sin(p)) / (math.cos(p0) * math.cos(p))
-    half = math.degrees(math.acos(max(-1.0, min(1.0, ratio)))) + _ROW_MARGIN_DEG
+    hav = (math.sin(delta / 2) ** 2 - math.sin((p - p0) / 2) ** 2) / (math.cos(p0) * math.cos(p))
+    half_rad = 2 * math.asin(math.sqrt(max(0.0, min(1.0, hav))))
+    half = math.degrees(half_rad) * (1 + 1e-9) + _ROW_MARGIN_DEG
     first = math.floor(geo.lng - half + 180.0)
     last = math.floor(geo.lng + half + 180.0)
     if last - first >= _COLS - 1:

@@ -60,7 +60,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-_MEMORY_RE = re.compile(r"^[1-9][0-9]{0,9}\s*(kB|MB|GB|TB)$")
+_MEMORY_RE = re.compile(r"^([1-9][0-9]{0,9})\s*(kB|MB|GB|TB)$")
+_MEMORY_UNIT_KB = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
+
+
+def _valid_memory(value: str) -> bool:
+    """A size PostgreSQL takes for maintenance_work_mem: 1MB (we ask at least that) to 2147483647 kB."""
+    match = _MEMORY_RE.match(value)
+    return bool(match) and 1024 <= int(match[1]) * _MEMORY_UNIT_KB[match[2]] <= 2_147_483_647
+
+
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 _COPY_CHUNK_BYTES = 8 << 20
@@ -226,10 +235,10 @@ class PgVectorStore:
         import psycopg
 
         self.table = check_table_name(table)
-        if maintenance_work_mem is not None and not _MEMORY_RE.match(str(maintenance_work_mem)):
+        if maintenance_work_mem is not None and not _valid_memory(str(maintenance_work_mem)):
             raise InvalidInputError(
-                f"maintenance_work_mem must be a PostgreSQL memory size such as '512MB' or '4GB', "
-                f"got {maintenance_work_mem!r} (VG_PG_MAINTENANCE_WORK_MEM)"
+                f"maintenance_work_mem must be a PostgreSQL memory size from 1MB to 2047GB such as '512MB' or "
+                f"'4GB', got {maintenance_work_mem!r} (VG_PG_MAINTENANCE_WORK_MEM)"
             )
         self.maintenance_work_mem = maintenance_work_mem
         self.hnsw_m = int(hnsw_m)
@@ -313,13 +322,25 @@ class PgVectorStore:
                     "lng double precision NOT NULL, embedding vector({}) NOT NULL)"
                 ).format(self._ident(), sql.Literal(dim))
             )
-            # tables made before these columns existed get them now, in one statement: one rewrite of the table
+            # Tables made before these columns existed get them now, in one statement: one rewrite of the
+            # table, which also rebuilds its indexes (HNSW included) under an exclusive lock.
             generated = {"geo_cell": ("integer", GEO_CELL_SQL)}
             generated |= {name: ("double precision", expr) for name, expr in _UNIT_VECTOR_COLUMNS.items()}
             missing = [name for name in generated if not self._has_column(name)]
             if missing:
+                rows = self._conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident())).fetchone()[0]
+                memory = self.maintenance_work_mem or hnsw_build_memory(int(rows), dim, self.hnsw_m)
+                logger.warning(
+                    "adding %s to %s (%d rows): the table and its indexes are rewritten once; searches wait",
+                    ", ".join(missing),
+                    self.table,
+                    rows,
+                )
+                self._conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [memory])
                 add = sql.SQL(", ").join(
-                    sql.SQL(f"ADD COLUMN {{}} {kind} GENERATED ALWAYS AS ({expr}) STORED").format(sql.Identifier(name))
+                    sql.SQL(f"ADD COLUMN IF NOT EXISTS {{}} {kind} GENERATED ALWAYS AS ({expr}) STORED").format(
+                        sql.Identifier(name)
+                    )
                     for name, (kind, expr) in generated.items()
                     if name in missing
                 )

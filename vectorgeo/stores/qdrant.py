@@ -25,7 +25,9 @@ Geographic filters follow :meth:`vectorgeo.stores.base.GeoFilter.contains`:
   as :data:`vectorgeo.geodesy.EARTH_RADIUS_M`. Qdrant tests ``distance <
   radius`` where GeoFilter tests ``<=``, and rounding differs, so answers may
   differ only for cells within a metre of the circle.
-* polygon: Qdrant's ``geo_polygon`` on the ring, closed for it.
+* polygon: Qdrant's ``geo_polygon`` on the ring, closed for it, with vertices kept 1e-7 degrees
+  inside the poles and the antimeridian (see :func:`_polygon_ring`): a polygon reaching them
+  misses cells within 1 cm of them.
 * bbox: Qdrant's ``geo_bounding_box`` compares with strict inequalities; the
   adapter widens the box by 1e-9 degrees (0.1 mm) so that edges count as
   inside, as in GeoFilter. A box crossing the antimeridian (``west > east``)
@@ -181,6 +183,17 @@ def _boxes(bbox: tuple[float, float, float, float]) -> list[tuple[float, float, 
     return [(top, max(lo - _BBOX_EPS_DEG, -180.0), bottom, min(hi + _BBOX_EPS_DEG, 180.0)) for lo, hi in pieces]
 
 
+def _polygon_ring(polygon: tuple[tuple[float, float], ...]) -> list[tuple[float, float]]:
+    """The ring closed, as Qdrant wants it, with vertices kept ``_POLE_MARGIN_DEG`` inside the poles and 180°.
+
+    Qdrant's geo index (seen in Edge 0.9) returns a fraction of the points, or none, for a polygon
+    reaching a pole or spanning the full 360 degrees, as it does for such boxes.
+    """
+    limit_lng, limit_lat = 180.0 - _POLE_MARGIN_DEG, 90.0 - _POLE_MARGIN_DEG
+    ring = [(min(max(x, -limit_lng), limit_lng), min(max(y, -limit_lat), limit_lat)) for x, y in polygon]
+    return [*ring, ring[0]]
+
+
 _FILTERED_HNSW_EF = 128  # filtered graph searches visit more candidates; exact fallback covers the rest
 
 
@@ -237,7 +250,7 @@ def _build_filter(
         radius = api.GeoRadius(center=api.GeoPoint(lat=geo.lat, lon=geo.lng), radius=geo.radius_km * 1000.0)
         must.append(api.FieldCondition(key=LOCATION_FIELD, geo_radius=radius))
     elif geo is not None and geo.is_polygon:
-        ring = [api.GeoPoint(lat=y, lon=x) for x, y in (*geo.polygon, geo.polygon[0])]  # closed for Qdrant
+        ring = [api.GeoPoint(lat=y, lon=x) for x, y in _polygon_ring(geo.polygon)]
         must.append(api.FieldCondition(key=LOCATION_FIELD, geo_polygon=api.GeoPolygon(exterior=exterior(ring))))
     elif geo is not None:
         boxes = [
@@ -397,10 +410,7 @@ class QdrantClientStore:
             quantization_config=quantization,
         )
         self.client.create_payload_index(self.collection, LOCATION_FIELD, field_schema=models.PayloadSchemaType.GEO)
-        grid_index = models.IntegerIndexParams(
-            type=models.IntegerIndexType.INTEGER, lookup=True, range=False, enable_hnsw=False
-        )
-        self.client.create_payload_index(self.collection, GRID_FIELD, field_schema=grid_index)
+        self._create_grid_index()
         self._dim, self._loading, self._grid_ready = dim, True, None
         _log_created("Qdrant collection", self.collection, dim, self.on_disk, self.quantization)
 
@@ -432,9 +442,23 @@ class QdrantClientStore:
             self._grid_ready = grid is not None and grid.points == info.points_count
         return self._grid_ready
 
+    def _create_grid_index(self) -> None:
+        from qdrant_client import models
+
+        grid_index = models.IntegerIndexParams(
+            type=models.IntegerIndexType.INTEGER, lookup=True, range=False, enable_hnsw=False
+        )
+        self.client.create_payload_index(self.collection, GRID_FIELD, field_schema=grid_index)
+
     def finish_load(self) -> None:
-        """Restore the indexing threshold so Qdrant builds the HNSW index (asynchronously on a server)."""
+        """Restore the indexing threshold so Qdrant builds the HNSW index (asynchronously on a server).
+
+        Also indexes the grid key of a collection made before it existed (once its points carry the key).
+        """
         self._require_dim()
+        if GRID_FIELD not in (self.client.get_collection(self.collection).payload_schema or {}):
+            self._create_grid_index()
+        self._grid_ready = None
         self.client.update_collection(self.collection, optimizers_config=self._optimizers(INDEXING_THRESHOLD_KB))
         self._loading = False
 
