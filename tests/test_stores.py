@@ -10,6 +10,8 @@ import pytest
 from vectorgeo.errors import InvalidInputError, NotFoundError, StoreUnavailableError
 from vectorgeo.stores import GeoFilter, VectorStore, open_store
 
+pytestmark = pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning")  # qdrant-client's own note
+
 N, DIM = 3000, 16
 
 
