@@ -51,8 +51,8 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] || [ "${1:-}" = "--for
   .venv/bin/python - <<'PY'
 import importlib
 mods = ["metaflow", "numpy", "scipy", "pyarrow", "rasterio", "h3", "h3ronpy", "shapely", "global_land_mask",
-        "tensorflow", "keras", "jax", "boto3", "qdrant_client", "qdrant_edge", "psycopg", "psycopg2", "pgvector", "faiss",
-        "tqdm", "matplotlib", "pytest", "moto", "playwright"]
+        "tensorflow", "keras", "jax", "optuna", "sqlalchemy", "boto3", "qdrant_client", "qdrant_edge", "psycopg",
+        "psycopg2", "pgvector", "faiss", "tqdm", "matplotlib", "pytest", "moto", "playwright"]
 for name in mods:
     importlib.import_module(name)
 import h3

@@ -20,7 +20,10 @@ class PreprocessFlow(RasterFlow):
     samples_per_file = Parameter("samples_per_file", help="Pairs per shard", type=int, default=2000)
     patch_size = Parameter("patch_size", help="Patch side in raster pixels", type=int, default=constants.PATCH_PX)
     pair_distance_meters = Parameter(
-        "pair_distance_meters", help="Largest anchor-neighbour distance in metres", type=float, default=5000.0
+        "pair_distance_meters",
+        help="Largest anchor-neighbour distance in metres; 0 = two patch widths (follows the pixel size)",
+        type=float,
+        default=0.0,
     )
     max_uniform_fraction = Parameter(
         "max_uniform_fraction",

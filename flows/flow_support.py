@@ -89,6 +89,22 @@ def store_servers(kinds: list[str]) -> dict:
     }
 
 
+def study_servers(storage: str) -> dict:
+    """Where the tuning flow's Optuna study may live, read here, in the task, never kept as artifacts.
+
+    A remote task refuses to start the embedded PostgreSQL (a server inside one
+    throwaway container is no study the other workers can reach): give every
+    task DATABASE_URL (e.g. ``@secrets``) or pass ``--storage=postgresql://...``.
+    """
+    if _runs_remotely() and storage.strip() in ("", "postgres") and not constants.DATABASE_URL:
+        raise VectorGeoFlowError(
+            "this task runs remotely but DATABASE_URL is not set in its environment, so the Optuna study would "
+            "live in an embedded PostgreSQL inside a throwaway container; give the tasks DATABASE_URL (e.g. "
+            "@secrets) or pass --storage=postgresql://host/db"
+        )
+    return {"database_url": constants.DATABASE_URL, "data_dir": constants.DATA_DIR}
+
+
 class RasterFlow(VectorGeoFlow):
     """Base of the flows that read the land-cover raster: its settings, as Parameters."""
 

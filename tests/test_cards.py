@@ -1,6 +1,6 @@
 from metaflow.cards import Markdown, Table
 
-from vectorgeo.cards import pairs_card, stencil_card
+from vectorgeo.cards import evaluation_card, pairs_card, stencil_card
 
 
 def test_stencil_card_shows_the_headline_figures():
@@ -14,3 +14,47 @@ def test_pairs_card_leaves_out_the_shard_list():
     _, table = pairs_card({"n_pairs": 8, "shards": {"train/default/part-00000.npz": 4}})
     rendered = str(table.render())
     assert "n_pairs" in rendered and "part-00000" not in rendered
+
+
+def test_tuning_card_shows_the_best_trial_and_every_score():
+    from vectorgeo.cards import tuning_card
+
+    summary = {
+        "key": "models/t.tuning.json",
+        "n_trials": 2,
+        "best_trial": 1,
+        "best_score": 2.5,
+        "params": {"learning_rate": 0.001},
+        "best_metrics": {"retrieval_jsd": 0.2},
+        "trials": [
+            {"number": 0, "state": "COMPLETE", "score": 3.1, "seconds": 20.0},
+            {"number": 1, "state": "COMPLETE", "score": 2.5, "seconds": 21.0},
+        ],
+    }
+    _, table, metrics, trials = tuning_card(summary)
+    assert "learning_rate" in str(table.render()) and "models/t.tuning.json" in str(table.render())
+    assert "3.1" in str(trials.render()) and "retrieval_jsd" in str(metrics.render())
+
+
+def test_evaluation_card_shows_the_probe_split_and_warnings():
+    report = {
+        "model": "encoder-v1",
+        "n_cells": 144,
+        "methods": {"encoder": {"retrieval_jsd": 0.2}, "random": {"retrieval_jsd": 0.5}},
+        "checks": {"halves_random_retrieval_jsd": True},
+        "probe_split": {"grouping": "blocks", "n_train": 90, "n_test": 40, "block_km": 0.96},
+        "warnings": ["only 144 held-out cells, fewer than 500: the scores are noisy", "the probe split is random"],
+    }
+    heading, table, checks, split, *warnings = evaluation_card(report)
+    assert "encoder-v1" in str(heading.render()) and "0.5" in str(table.render())
+    assert "halves_random_retrieval_jsd: True" in str(checks.render())
+    assert all(isinstance(part, Markdown) for part in (split, *warnings))
+    assert "Probe split: grouping: blocks, n_train: 90, n_test: 40, block_km: 0.96" in str(split.render())
+    assert len(warnings) == 2
+    for part, sentence in zip(warnings, report["warnings"], strict=True):
+        assert f"**Warning:** {sentence}" in str(part.render())
+
+    # a report written before the probe split and the warnings existed still renders, without them
+    old = {k: v for k, v in report.items() if k not in ("probe_split", "warnings")}
+    assert len(evaluation_card(old)) == 3
+    assert len(evaluation_card({**report, "warnings": []})) == 4

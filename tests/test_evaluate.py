@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -13,19 +12,26 @@ from vectorgeo.errors import InvalidInputError
 from vectorgeo.evaluate import (
     _fit_pca_onehot,
     baseline_vectors,
-    class_fractions,
-    edge_density,
     evaluate_embeddings,
     format_report,
     js_divergence,
     knn_indices,
-    linear_probe_r2,
     report_figure,
     retrieval_jsd,
-    shannon_diversity,
 )
+from vectorgeo.patch_stats import class_fractions, edge_density, shannon_diversity
 
 N_CLASSES = 6
+CLIP_CLASSES = 35
+ALL_CHECKS = (
+    "beats_pca_on_configuration",
+    "halves_random_retrieval_jsd",
+    "jsd_below_pca",
+    "jsd_within_1_5x_histogram",
+    "r2_class_fractions_ge_0_90",
+    "edge_density_above_pca_and_histogram",
+    "shannon_above_pca",
+)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -74,48 +80,7 @@ def _oracle_embeddings(patches: np.ndarray, dim: int) -> np.ndarray:
     return _unit(padded)
 
 
-# ----------------------------------------------------------------------------- descriptors
-
-
-def test_edge_density_known_answers():
-    uniform = np.zeros((8, 8), dtype=np.uint8)
-    checker = (np.indices((8, 8)).sum(axis=0) % 2).astype(np.uint8)
-    stripes = np.tile(np.arange(8) % 2, (8, 1)).astype(np.uint8)  # vertical stripes, one pixel wide
-    result = edge_density(np.stack([uniform, checker, stripes]))
-    assert result.dtype == np.float32
-    np.testing.assert_allclose(result, [0.0, 1.0, 0.5])
-
-
-def test_edge_density_non_square_and_too_small():
-    halves = np.zeros((1, 2, 3), dtype=np.uint8)
-    halves[0, 1] = 1  # top row 0, bottom row 1: the 3 vertical pairs differ out of 2*2 + 1*3 = 7
-    np.testing.assert_allclose(edge_density(halves), [3 / 7])
-    with pytest.raises(InvalidInputError, match="no adjacent pixel pairs"):
-        edge_density(np.zeros((2, 1, 1), dtype=np.uint8))
-
-
-def test_class_fractions_counts_and_sums():
-    patches = np.array([[[0, 0], [1, 2]], [[2, 2], [2, 2]]], dtype=np.uint8)
-    fractions = class_fractions(patches, 4)
-    assert fractions.shape == (2, 4) and fractions.dtype == np.float32
-    np.testing.assert_allclose(fractions, [[0.5, 0.25, 0.25, 0], [0, 0, 1, 0]])
-    rng = np.random.default_rng(1)
-    many = rng.integers(0, 23, (50, 32, 32), dtype=np.uint8)
-    np.testing.assert_allclose(class_fractions(many, 23).sum(axis=1), 1.0, rtol=1e-6)
-
-
-def test_class_fractions_rejects_nodata():
-    patches = np.zeros((2, 4, 4), dtype=np.uint8)
-    patches[1, 0, 0] = 255
-    with pytest.raises(InvalidInputError, match=r"0\.\.255 but n_classes is 6"):
-        class_fractions(patches, N_CLASSES)
-    with pytest.raises(InvalidInputError, match=r"shape \(N, H, W\)"):
-        class_fractions(np.zeros((4, 4), dtype=np.uint8), N_CLASSES)
-
-
-def test_shannon_diversity_known_answers():
-    fractions = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
-    np.testing.assert_allclose(shannon_diversity(fractions), [math.log(4), 0.0, math.log(2)], rtol=1e-6)
+# ----------------------------------------------------------------------------- retrieval
 
 
 def test_js_divergence_known_answers_and_symmetry():
@@ -135,9 +100,6 @@ def test_js_divergence_broadcasts():
     assert table.shape == (3, 4)
     assert table[2, 1] == pytest.approx(jensenshannon(a[2], b[1], base=2) ** 2)
     assert ((table >= 0) & (table <= 1)).all()
-
-
-# ----------------------------------------------------------------------------- retrieval
 
 
 def test_knn_indices_hand_made():
@@ -164,34 +126,6 @@ def test_retrieval_jsd_zero_for_identical_neighbours():
     assert retrieval_jsd(vectors, fractions, k=4) == pytest.approx(1 / 4)  # 4th neighbour is disjoint
 
 
-# ----------------------------------------------------------------------------- linear probe
-
-
-def test_linear_probe_noiseless_and_noise():
-    rng = np.random.default_rng(4)
-    features = rng.standard_normal((600, 8)) * rng.uniform(0.1, 10, 8) + 5
-    linear = features @ rng.standard_normal(8) + 3.0
-    assert linear_probe_r2(features, linear) > 0.999
-    assert linear_probe_r2(features, rng.standard_normal(600)) <= 0.1
-
-
-def test_linear_probe_multi_output_skips_constant_outputs():
-    rng = np.random.default_rng(5)
-    features = rng.standard_normal((400, 4))
-    targets = np.column_stack([features @ [1, 2, 0, 0], np.full(400, 0.25), features @ [0, 0, 1, -1]])
-    assert linear_probe_r2(features, targets) == pytest.approx(1.0, abs=1e-4)  # not (1 + 1 + 0) / 3
-    assert math.isnan(linear_probe_r2(features, np.ones((400, 2))))
-    noise = rng.standard_normal((400, 2))
-    assert linear_probe_r2(features, noise, seed=7) == linear_probe_r2(features, noise, seed=7)
-
-
-def test_linear_probe_rejects_bad_input():
-    with pytest.raises(InvalidInputError, match=r"targets must be \(N=10,\)"):
-        linear_probe_r2(np.ones((10, 2)), np.ones(9))
-    with pytest.raises(InvalidInputError, match="at least 2 of each"):
-        linear_probe_r2(np.ones((3, 2)), np.ones(3))
-
-
 # ----------------------------------------------------------------------------- baselines
 
 
@@ -203,9 +137,13 @@ def test_baseline_vectors_shapes_and_norms(make_landscapes):
         "pca_onehot": (100, 7),
         "histogram": (100, N_CLASSES),
     }
-    for v in vectors.values():
-        assert v.dtype == np.float32
-        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    for name in ("random", "pca_onehot"):
+        assert vectors[name].dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vectors[name], axis=1), 1.0, rtol=1e-5)
+    # the histogram is the class fractions themselves, so a linear probe can read them back exactly
+    assert vectors["histogram"].dtype == np.float32
+    np.testing.assert_array_equal(vectors["histogram"], class_fractions(patches, N_CLASSES))
+    np.testing.assert_allclose(vectors["histogram"].sum(axis=1), 1.0, rtol=1e-5)
     again = baseline_vectors(patches, N_CLASSES, 7, seed=1, pca_fit_samples=50)
     for name, v in vectors.items():
         np.testing.assert_array_equal(v, again[name])
@@ -263,14 +201,14 @@ def test_evaluate_embeddings_oracle_passes(oracle_report):
         assert set(scores) == {"retrieval_jsd", "r2_class_fractions", "r2_edge_density", "r2_shannon"}
     encoder, pca = report["methods"]["encoder"], report["methods"]["pca_onehot"]
     assert encoder["r2_edge_density"] > pca["r2_edge_density"]
-    assert report["checks"] == {"beats_pca_on_configuration": True, "halves_random_retrieval_jsd": True}
+    assert report["checks"] == dict.fromkeys(ALL_CHECKS, True)
 
 
 def test_evaluate_embeddings_random_fails(make_landscapes):
     patches, _ = make_landscapes()
     random = _unit(np.random.default_rng(8).standard_normal((len(patches), 10)))
     report = evaluate_embeddings(random, patches, N_CLASSES, k=5, seed=3)
-    assert report["checks"] == {"beats_pca_on_configuration": False, "halves_random_retrieval_jsd": False}
+    assert report["checks"] == dict.fromkeys(ALL_CHECKS, False)
 
 
 def test_evaluate_embeddings_rejects_mismatch(make_landscapes):
@@ -291,17 +229,80 @@ def test_report_figure_writes_png(oracle_report, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_probe_split_keeps_groups_whole():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 3))
-    y = x @ np.array([1.0, -2.0, 0.5])
-    groups = np.repeat(np.arange(40), 10)
-    assert linear_probe_r2(x, y, groups=groups) > 0.99
-    # a group-level signal that a random split leaks and a group split does not
-    leak = rng.normal(size=40)[groups]
-    features = np.column_stack([leak + 0.01 * rng.normal(size=400), rng.normal(size=400)])
-    target = leak + 0.0
-    assert linear_probe_r2(features, target, groups=groups) > 0.9  # the features carry the signal: fine either way
-    noise_target = rng.normal(size=40)[groups]
-    assert linear_probe_r2(np.eye(40)[groups], noise_target) > 0.5  # random split: memorises the groups
-    assert linear_probe_r2(np.eye(40)[groups], noise_target, groups=groups) < 0.2  # group split: cannot
+# ----------------------------------------------------------------------------- trustworthy probes
+
+
+def test_histogram_probe_reads_its_own_class_fractions(make_clip):
+    """35 classes, 6 of them in 1-3 cells only, 4 coarse groups: the histogram's features ARE the fractions."""
+    patches, lat, lng, half_width_m, _, quadrants = make_clip()
+    present = np.count_nonzero(class_fractions(patches, CLIP_CLASSES), axis=0)
+    assert ((present >= 1) & (present <= 3)).sum() >= 6
+    encoder = _unit(np.random.default_rng(0).standard_normal((len(patches), 8)))
+
+    # the caller's 4 groups alone: the probe still reads the fractions back (it scored -0.68 before),
+    # and the report says the split rests on too few groups
+    coarse = evaluate_embeddings(encoder, patches, CLIP_CLASSES, seed=5, groups=quadrants)
+    assert coarse["methods"]["histogram"]["r2_class_fractions"] >= 0.99
+    assert coarse["probe_split"]["grouping"] == "groups"
+    assert any("2 training and 2 test groups, fewer than 10" in w for w in coarse["warnings"])
+
+    # with coordinates: finer blocks, a buffer, enough groups on each side, nothing to warn about
+    fine = evaluate_embeddings(
+        encoder, patches, CLIP_CLASSES, seed=5, groups=quadrants, lat=lat, lng=lng, half_width_m=half_width_m
+    )
+    assert json.loads(json.dumps(fine)) == fine
+    assert fine["methods"]["histogram"]["r2_class_fractions"] >= 0.99
+    split = fine["probe_split"]
+    assert split["grouping"] == "blocks" and split["block_km"] >= 4 * half_width_m / 1000
+    assert min(split["n_groups_train"], split["n_groups_test"]) >= 10
+    assert split["n_train"] + split["n_test"] + split["n_buffer_dropped"] == len(patches)
+    assert fine["warnings"] == []
+    # the histogram's retrieval is what it was with L2-normalised vectors: cosine kNN normalises rows itself
+    assert fine["methods"]["histogram"]["retrieval_jsd"] == pytest.approx(
+        retrieval_jsd(_unit(class_fractions(patches, CLIP_CLASSES)), class_fractions(patches, CLIP_CLASSES)),
+        abs=1e-4,
+    )
+
+
+def test_too_few_cells_or_groups_warn(make_clip, caplog):
+    patches, lat, lng, half_width_m, _, quadrants = make_clip(n_side=12)  # 144 cells, 4 groups
+    encoder = _unit(np.random.default_rng(1).standard_normal((len(patches), 8)))
+    with caplog.at_level("WARNING", logger="vectorgeo.evaluate"):
+        report = evaluate_embeddings(encoder, patches, CLIP_CLASSES, k=5, groups=quadrants)
+    assert set(report["probe_split"]) == {
+        "grouping",
+        "n_groups_train",
+        "n_groups_test",
+        "n_train",
+        "n_test",
+        "n_buffer_dropped",
+        "block_km",
+        "buffer_m",
+    }
+    assert report["probe_split"]["n_groups_test"] < 10
+    assert report["warnings"][0].startswith("only 144 held-out cells, fewer than 500")
+    assert any("test groups, fewer than 10 on a side" in w for w in report["warnings"])
+    assert all(w in caplog.text for w in report["warnings"])
+    text = format_report(report)
+    assert text.index("R² Shannon diversity") < text.index("WARNING: only 144 held-out cells")
+    assert text.count("WARNING: ") == len(report["warnings"])
+
+    # coordinates cannot rescue so small an area: even 2-patch-width blocks are too few, and it says so
+    report = evaluate_embeddings(
+        encoder, patches, CLIP_CLASSES, k=5, groups=quadrants, lat=lat, lng=lng, half_width_m=half_width_m
+    )
+    assert report["probe_split"]["grouping"] == "blocks"
+    assert report["probe_split"]["block_km"] == pytest.approx(4 * half_width_m / 1000)
+    assert any("test spatial blocks, fewer than 10 on a side" in w for w in report["warnings"])
+
+    # an area too small to buffer keeps its cells and says that the split is not buffered
+    patches, lat, lng, half_width_m, _, _ = make_clip(n_side=3)
+    encoder3 = _unit(np.random.default_rng(2).standard_normal((len(patches), 8)))
+    report = evaluate_embeddings(encoder3, patches, CLIP_CLASSES, k=3, lat=lat, lng=lng, half_width_m=half_width_m)
+    assert report["probe_split"]["n_buffer_dropped"] == 0
+    assert any("so the split is not buffered" in w for w in report["warnings"])
+
+    # no groups and no coordinates: a random split of overlapping patches is flagged too
+    patches, *_ = make_clip(n_side=12)
+    report = evaluate_embeddings(encoder, patches, CLIP_CLASSES, k=5, min_cells=100)
+    assert len(report["warnings"]) == 1 and report["warnings"][0].startswith("the probe split is random")

@@ -40,3 +40,18 @@ def test_patch_held_out_checks_centre_and_corners():
     assert 0 < straddling.sum() < any_in.sum()
     zero_all, zero_any = patch_held_out(lat, lng, 0.0)
     assert np.array_equal(zero_all, centre) and np.array_equal(zero_any, centre)
+
+
+def test_validation_ground_is_disjoint_from_held_out_ground():
+    from vectorgeo.holdout import HOLDOUT, VALIDATION, ground_hash, patch_on_validation
+
+    rng = np.random.default_rng(5)
+    lat, lng = rng.uniform(-60, 70, 20_000), rng.uniform(-180, 180, 20_000)
+    u = ground_hash(lat, lng)
+    assert ((u >= 0) & (u < 1)).all()
+    assert np.array_equal(held_out(lat, lng), u < HOLDOUT["fraction"])
+    on_val = patch_on_validation(lat, lng, 0.0)[0]
+    assert not (on_val & held_out(lat, lng)).any()
+    assert on_val.mean() == pytest.approx(VALIDATION["hi"] - VALIDATION["lo"], abs=0.02)
+    all_in, any_in = patch_on_validation(lat, lng, 1750.0)
+    assert (all_in <= any_in).all() and (all_in <= on_val).all()

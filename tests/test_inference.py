@@ -6,7 +6,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from vectorgeo.errors import InvalidInputError
-from vectorgeo.evaluate import class_fractions
 from vectorgeo.inference import (
     assign_parts,
     embed_cells,
@@ -18,6 +17,7 @@ from vectorgeo.inference import (
 )
 from vectorgeo.legends import get_legend
 from vectorgeo.model import EncoderConfig, build_encoder, embed
+from vectorgeo.patch_stats import class_fractions
 from vectorgeo.raster import extract_patches, open_raster
 
 LC = get_legend("lc100")

@@ -122,3 +122,35 @@ def test_pairs_carry_the_dem_on_their_pixels(mosaic_raster, write_raster, tmp_pa
     assert shard.meta["dem"] is True and plain.meta["dem"] is False and plain.anchor_dem is None
     back = read_shard(write_shard(shard, tmp_path / "dem.npz"))
     np.testing.assert_array_equal(back.neighbor_dem, shard.neighbor_dem)
+
+
+def test_default_pair_distance_follows_the_pixel_size(write_raster):
+    """No fixed 5 km: on coarse pixels that is shorter than one patch. The default is two patch widths."""
+    rng = np.random.default_rng(2)
+    land = np.array([20, 30, 40, 50, 111, 115], dtype=np.uint8)
+    codes = np.kron(land[rng.integers(0, 6, (50, 50))], np.ones((4, 4), dtype=np.uint8))
+    coarse = write_raster(codes, pixel=1 / 240)  # ~350 m pixels: a 16 px patch is ~5.6 km
+    with open_raster(coarse) as ds:
+        shard = sample_pairs(ds, LC, 40, patch_px=16, seed=1)
+    assert shard.meta["pair_distance_m"] == pytest.approx(2 * shard.meta["min_distance_m"])
+    assert shard.meta["min_distance_m"] > 5000
+    d = haversine_m(*shard.anchor_latlng.T, *shard.neighbor_latlng.T)
+    assert (d >= shard.meta["min_distance_m"] * 0.999).all() and (d <= shard.meta["pair_distance_m"] * 1.001).all()
+
+
+def test_pairs_never_touch_held_out_ground(write_raster):
+    from vectorgeo.holdout import HOLDOUT, patch_held_out
+
+    rng = np.random.default_rng(3)
+    land = np.array([20, 30, 40, 50, 111, 115], dtype=np.uint8)
+    codes = np.kron(land[rng.integers(0, 6, (100, 100))], np.ones((4, 4), dtype=np.uint8))
+    wide = write_raster(codes, pixel=1 / 100)  # ~4 degrees wide: many H3 res-5 parents, some held out
+    with open_raster(wide) as ds:
+        free = sample_pairs(ds, LC, 300, patch_px=16, seed=4)
+        kept = sample_pairs(ds, LC, 300, patch_px=16, seed=4, holdout=HOLDOUT)
+    half_width_m = kept.meta["min_distance_m"] / 2
+    touches = [patch_held_out(*ll.T, half_width_m, **HOLDOUT)[1] for ll in (free.anchor_latlng, free.neighbor_latlng)]
+    assert (touches[0] | touches[1]).mean() > 0.2  # without the rule, many pairs would be dropped by training
+    for ll in (kept.anchor_latlng, kept.neighbor_latlng):
+        assert not patch_held_out(*ll.T, half_width_m, **HOLDOUT)[1].any()
+    assert kept.meta["holdout"] == HOLDOUT and len(kept) == 300

@@ -13,6 +13,7 @@ __all__ = [
     "stencil_card",
     "summary_table",
     "training_card",
+    "tuning_card",
     "upload_card",
 ]
 
@@ -47,23 +48,44 @@ def training_card(summary: dict, figure_png: bytes | None = None) -> list:
     return summary_table("Encoder training", summary) + _image(figure_png, "loss, held-out PCA, per-dimension std")
 
 
+def tuning_card(summary: dict) -> list:
+    """Card for the tuning flow: the best trial, its settings and metrics, then every trial's score."""
+    from metaflow.cards import Markdown, Table
+
+    head = {k: summary.get(k) for k in ("key", "study", "n_trials", "n_run", "best_trial", "best_score")}
+    rows = [[t["number"], t["state"], t["score"], t["seconds"]] for t in summary.get("trials", [])]
+    return [
+        *summary_table("Hyper-parameter search", {**head, **summary.get("params", {})}),
+        Markdown(f"Best trial on validation ground: {summary.get('best_metrics')}"),
+        Table(rows, headers=["trial", "state", "score (lower is better)", "seconds"]),
+    ]
+
+
 def inference_card(manifest: dict) -> list:
     """Card for flow 03: cells embedded, invalid patches skipped, parts reused."""
     return summary_table("Inference", {k: v for k, v in manifest.items() if k != "parts"})
 
 
 def evaluation_card(report: dict, figure_png: bytes | None = None) -> list:
-    """Card for flow 05: each method's metrics side by side, the checks, the figure."""
+    """Card for flow 05: each method's metrics side by side, the checks, the probe split, any warnings, the figure.
+
+    ``probe_split`` and ``warnings`` are left out when the report lacks them
+    (reports written before they existed), so old reports still render.
+    """
     from metaflow.cards import Markdown, Table
 
     methods = report["methods"]
     metrics = list(next(iter(methods.values())))
     rows = [[metric, *(str(methods[m][metric]) for m in methods)] for metric in metrics]
     checks = ", ".join(f"{k}: {v}" for k, v in report["checks"].items())
+    split = report.get("probe_split")
+    split_line = [Markdown("Probe split: " + ", ".join(f"{k}: {v}" for k, v in split.items()))] if split else []
     return [
         Markdown(f"# Evaluation of {report.get('model')} on {report['n_cells']} held-out cells"),
         Table(rows, headers=["metric", *methods]),
         Markdown(f"Checks: {checks}"),
+        *split_line,
+        *(Markdown(f"**Warning:** {warning}") for warning in report.get("warnings") or []),
         *_image(figure_png, "methods side by side"),
     ]
 

@@ -9,18 +9,21 @@ vectors, ``(N, D)``). Two questions are asked of every set of vectors:
   (base 2, 0..1, lower is better) between class-fraction histograms.
 - **Linear probes**: can a ridge regression read the class fractions and two
   landscape-configuration measures (edge density, Shannon diversity) off the
-  vectors? Measured as R² on a held-out split (higher is better).
+  vectors? Measured as R² on a held-out split (higher is better) that keeps
+  groups or spatial blocks whole and buffers test cells, so no training patch
+  overlaps a test patch (:mod:`vectorgeo.probe`).
 
 The same questions are asked of three baselines: random vectors, PCA of the
 flattened one-hot patch (both at the encoder's dimension) and the raw class
-histogram. Everything is vectorised; the only Python loops run over chunks,
-classes or output dimensions, never over samples.
+histogram. The patch descriptors come from :mod:`vectorgeo.patch_stats`.
+Everything is vectorised; the only Python loops run over chunks, classes or
+methods, never over samples. The report lists warnings when too few cells or
+groups back its numbers.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -28,24 +31,21 @@ import numpy as np
 from scipy import linalg, sparse
 
 from vectorgeo.errors import InvalidInputError
+from vectorgeo.patch_stats import _CHUNK, _check_patches, class_fractions, edge_density, shannon_diversity
+from vectorgeo.probe import _check_vectors, _json_float, _probe_r2s, probe_split
 
 __all__ = [
     "baseline_vectors",
-    "class_fractions",
-    "edge_density",
     "evaluate_embeddings",
     "format_report",
     "js_divergence",
     "knn_indices",
-    "linear_probe_r2",
     "report_figure",
     "retrieval_jsd",
-    "shannon_diversity",
 ]
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 4096  # samples per chunk where a step would otherwise hold (N, P*P, ...) temporaries
 _METRICS = ("retrieval_jsd", "r2_class_fractions", "r2_edge_density", "r2_shannon")
 _METRIC_LABELS = {
     "retrieval_jsd": "retrieval JSD@k (lower is better)",
@@ -55,36 +55,6 @@ _METRIC_LABELS = {
 }
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_patches(patches: np.ndarray, n_classes: int | None = None) -> np.ndarray:
-    patches = np.asarray(patches)
-    if patches.ndim != 3 or patches.shape[0] == 0:
-        raise InvalidInputError(f"patches must have shape (N, H, W) with N >= 1, got {patches.shape}")
-    if not np.issubdtype(patches.dtype, np.integer):
-        raise InvalidInputError(f"patches must hold integer class indices, got dtype {patches.dtype}")
-    if n_classes is not None:
-        if n_classes < 1:
-            raise InvalidInputError(f"n_classes must be >= 1, got {n_classes}")
-        lo, hi = int(patches.min()), int(patches.max())
-        if lo < 0 or hi >= n_classes:
-            raise InvalidInputError(
-                f"patches hold class indices {lo}..{hi} but n_classes is {n_classes}; "
-                "drop patches with nodata (255) or pass the legend's n_classes"
-            )
-    return patches
-
-
-def _check_vectors(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
-    vectors = np.asarray(vectors)
-    if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
-        raise InvalidInputError(f"{name} must have shape (N, D) with N, D >= 1, got {vectors.shape}")
-    if not np.isfinite(vectors).all():
-        raise InvalidInputError(f"{name} hold NaN or infinite values; check the encoder output")
-    return vectors
-
-
 def _normalize_rows(vectors: np.ndarray) -> np.ndarray:
     """L2-normalise rows as float32; all-zero rows stay zero."""
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -92,77 +62,7 @@ def _normalize_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- patch descriptors
-
-
-def class_fractions(patches: np.ndarray, n_classes: int) -> np.ndarray:
-    """Share of each class in each patch.
-
-    Args:
-        patches: Integer class indices ``(N, H, W)``, each in ``0..n_classes-1``.
-        n_classes: Number of classes ``C`` in the legend.
-
-    Returns:
-        float32 ``(N, C)``; each row sums to 1.
-
-    Raises:
-        InvalidInputError: for a wrong shape or an index outside ``0..n_classes-1``
-            (nodata 255 included).
-    """
-    if np.ndim(patches) == 3 and np.shape(patches)[0] == 0:
-        return np.zeros((0, n_classes), dtype=np.float32)
-    patches = _check_patches(patches, n_classes)
-    n = patches.shape[0]
-    flat = patches.reshape(n, -1)
-    out = np.empty((n, n_classes), dtype=np.float32)
-    for start in range(0, n, _CHUNK):
-        block = flat[start : start + _CHUNK]
-        rows = block.shape[0]
-        # one bincount for the whole chunk: offset each patch's indices by row * C
-        keys = block.astype(np.intp) + (np.arange(rows, dtype=np.intp) * n_classes)[:, None]
-        counts = np.bincount(keys.ravel(), minlength=rows * n_classes).reshape(rows, n_classes)
-        out[start : start + rows] = counts / flat.shape[1]
-    return out
-
-
-def edge_density(patches: np.ndarray) -> np.ndarray:
-    """Share of 4-neighbour pixel pairs whose classes differ.
-
-    Every horizontally and every vertically adjacent pair counts once, so a
-    uniform patch scores 0, a checkerboard 1, and stripes one pixel wide 0.5.
-
-    Args:
-        patches: Integer class indices ``(N, H, W)`` with ``H * W >= 2``.
-
-    Returns:
-        float32 ``(N,)`` in 0..1.
-    """
-    patches = _check_patches(patches)
-    n, h, w = patches.shape
-    n_pairs = h * (w - 1) + (h - 1) * w
-    if n_pairs == 0:
-        raise InvalidInputError(f"patches of {h}x{w} pixels have no adjacent pixel pairs")
-    out = np.empty(n, dtype=np.float32)
-    for start in range(0, n, _CHUNK):
-        block = patches[start : start + _CHUNK]
-        horizontal = np.count_nonzero(block[:, :, 1:] != block[:, :, :-1], axis=(1, 2))
-        vertical = np.count_nonzero(block[:, 1:, :] != block[:, :-1, :], axis=(1, 2))
-        out[start : start + block.shape[0]] = (horizontal + vertical) / n_pairs
-    return out
-
-
-def shannon_diversity(fractions: np.ndarray) -> np.ndarray:
-    """Shannon diversity ``-sum p ln p`` (nats) of each composition, with ``0 ln 0 = 0``.
-
-    Args:
-        fractions: Class fractions ``(N, C)``, rows summing to 1.
-
-    Returns:
-        float32 ``(N,)``, 0 for a single class up to ``ln C``.
-    """
-    p = np.asarray(fractions, dtype=np.float64)
-    safe = np.where(p > 0, p, 1.0)
-    return (-np.sum(p * np.log(safe), axis=-1)).astype(np.float32)
+# ----------------------------------------------------------------------------- retrieval
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -189,9 +89,6 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     kl_pm = np.sum(np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0) / safe_m), 0.0), axis=-1)
     kl_qm = np.sum(np.where(q > 0, q * np.log2(np.where(q > 0, q, 1.0) / safe_m), 0.0), axis=-1)
     return np.clip(0.5 * (kl_pm + kl_qm), 0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------- retrieval
 
 
 def knn_indices(vectors: np.ndarray, k: int, *, chunk: int = 2048) -> np.ndarray:
@@ -247,94 +144,6 @@ def retrieval_jsd(vectors: np.ndarray, fractions: np.ndarray, k: int = 10) -> fl
         idx = neighbours[start : start + _CHUNK]
         total += float(js_divergence(fractions[start : start + idx.shape[0], None, :], fractions[idx]).sum())
     return total / neighbours.size
-
-
-# ----------------------------------------------------------------------------- linear probe
-
-
-def linear_probe_r2(
-    features: np.ndarray,
-    targets: np.ndarray,
-    *,
-    seed: int = 0,
-    test_fraction: float = 0.3,
-    ridge: float = 1e-3,
-    groups: np.ndarray | None = None,
-) -> float:
-    """R² of a ridge regression from features to targets, on a held-out random split.
-
-    Features are standardised with the training split's mean and standard
-    deviation; the model is closed-form ridge ``(XᵀX + ridge·I)⁻¹Xᵀy`` on the
-    standardised features plus an unpenalised intercept.
-
-    For multi-output targets (class fractions) the result is the
-    variance-weighted R², ``1 - sum(SS_res) / sum(SS_tot)`` over all outputs:
-    a rare class with tiny test variance weighs little, so it cannot drag
-    the score below zero on its own, and constant outputs add nothing.
-
-    Args:
-        features: ``(N, F)`` predictors (embeddings).
-        targets: ``(N,)`` or ``(N, T)`` values to predict.
-        seed: Seed of the train/test permutation (same seed, same split).
-        test_fraction: Share of samples held out for scoring, in (0, 1).
-        ridge: Non-negative L2 penalty on the standardised coefficients.
-        groups: Optional ``(N,)`` group labels (e.g. H3 parent cells): the split keeps
-            each group whole, so spatially overlapping samples never sit on both sides.
-
-    Returns:
-        R² on the test split (1 is perfect, 0 is no better than the test mean,
-        negative is worse); NaN when no output varies in the test split.
-    """
-    x = np.asarray(_check_vectors(features, "features"), dtype=np.float64)
-    y = np.asarray(targets, dtype=np.float64)
-    y = y[:, None] if y.ndim == 1 else y
-    n = x.shape[0]
-    if y.ndim != 2 or y.shape[0] != n:
-        raise InvalidInputError(f"targets must be (N={n},) or (N={n}, T), got {np.shape(targets)}")
-    if not np.isfinite(y).all():
-        raise InvalidInputError("targets hold NaN or infinite values")
-    if not 0 < test_fraction < 1:
-        raise InvalidInputError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    if ridge < 0:
-        raise InvalidInputError(f"ridge must be >= 0, got {ridge}")
-    n_test = round(n * test_fraction)
-    if n < 4 or not 2 <= n_test <= n - 2:
-        raise InvalidInputError(
-            f"{n} samples with test_fraction={test_fraction} leave {n_test} test and {n - n_test} train "
-            "samples; at least 2 of each are needed"
-        )
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        perm = rng.permutation(n)
-        test, train = perm[:n_test], perm[n_test:]
-    else:  # whole groups go to one side, so overlapping neighbours never straddle the split
-        labels = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-        order = rng.permutation(labels.max() + 1)
-        sizes = np.bincount(labels)[order]
-        test_groups = order[: np.searchsorted(np.cumsum(sizes), n_test) + 1]
-        is_test = np.isin(labels, test_groups)
-        test, train = np.flatnonzero(is_test), np.flatnonzero(~is_test)
-        if test.size < 2 or train.size < 2:
-            raise InvalidInputError(f"{labels.max() + 1} groups cannot give both probe splits 2 samples or more")
-    mean, std = x[train].mean(axis=0), x[train].std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    x_train, x_test = (x[train] - mean) / std, (x[test] - mean) / std
-    y_mean = y[train].mean(axis=0)
-    gram = x_train.T @ x_train
-    rhs = x_train.T @ (y[train] - y_mean)
-    if ridge > 0:
-        coef = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), rhs)
-    else:
-        coef = np.linalg.lstsq(gram, rhs, rcond=None)[0]
-    predicted = x_test @ coef + y_mean
-    y_test = y[test]
-    varies = np.ptp(y_test, axis=0) > 0
-    if not varies.any():
-        logger.warning("linear probe: no target varies in the %d-sample test split; R² is undefined", n_test)
-        return math.nan
-    ss_res = np.sum((y_test - predicted)[:, varies] ** 2)
-    ss_tot = np.sum((y_test - y_test.mean(axis=0))[:, varies] ** 2)
-    return float(1.0 - ss_res / ss_tot)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -397,15 +206,17 @@ def baseline_vectors(
     seed: int = 0,
     pca_fit_samples: int = 2000,
 ) -> dict[str, np.ndarray]:
-    """Baseline embeddings of the same patches, each L2-normalised float32.
+    """Baseline embeddings of the same patches, as float32.
 
-    - ``random``: a Gaussian ``dim``-vector per patch (what chance looks like).
+    - ``random``: a Gaussian ``dim``-vector per patch (what chance looks like), unit length.
     - ``pca_onehot``: projection of the flattened one-hot patch on its top
       ``dim`` principal axes, fitted on at most ``pca_fit_samples`` randomly
       chosen patches by a randomized SVD that keeps the one-hot matrix sparse
       (a 32x32 patch with 23 classes has 23,552 one-hot features), then applied
-      to all N in chunks. Axes beyond the data's rank are zero-padded.
-    - ``histogram``: the class-fraction vector (``n_classes`` dims).
+      to all N in chunks. Axes beyond the data's rank are zero-padded; rows unit length.
+    - ``histogram``: the class fractions themselves (``n_classes`` dims, rows
+      summing to 1, not L2-normalised): a linear probe reads them back exactly,
+      and cosine retrieval normalises rows itself.
 
     Args:
         patches: Integer class indices ``(N, H, W)``.
@@ -443,15 +254,10 @@ def baseline_vectors(
         pca[start : start + block.shape[0], : axes.shape[1]] = _onehot_csr(block, n_classes) @ axes - offset
     pca = _normalize_rows(pca)
 
-    histogram = _normalize_rows(class_fractions(patches, n_classes))
-    return {"random": random, "pca_onehot": pca, "histogram": histogram}
+    return {"random": random, "pca_onehot": pca, "histogram": class_fractions(patches, n_classes)}
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def _json_float(value: float, digits: int = 4) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
 def evaluate_embeddings(
@@ -462,13 +268,20 @@ def evaluate_embeddings(
     k: int = 10,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    lat: np.ndarray | None = None,
+    lng: np.ndarray | None = None,
+    half_width_m: float | None = None,
+    min_cells: int = 500,
+    min_groups: int = 10,
 ) -> dict:
     """Score encoder embeddings and the baselines on retrieval and linear probes.
 
     Every method (``encoder``, ``random``, ``pca_onehot``, ``histogram``) gets
     the retrieval JSD@k against class fractions and linear-probe R² for class
     fractions, edge density and Shannon diversity, all on the same train/test
-    split. Baselines use the encoder's dimension D, except the histogram (C dims).
+    split (see :func:`vectorgeo.probe.probe_split`). Baselines use the encoder's dimension D,
+    except the histogram (C dims). The report says, in ``warnings``, when its
+    numbers rest on too few cells or groups to be trusted.
 
     Args:
         embeddings: float32 ``(N, D)`` unit vectors of held-out cells.
@@ -476,14 +289,31 @@ def evaluate_embeddings(
         n_classes: Number of legend classes ``C``.
         k: Neighbours per retrieval query.
         seed: Seed for the baselines and the probe split.
-        groups: Optional (N,) group labels for the probe split (see :func:`linear_probe_r2`).
+        groups: Optional ``(N,)`` group labels (e.g. H3 parents) kept whole by the probe split.
+        lat: Optional ``(N,)`` latitudes of the cells (patch centres), degrees; with ``lng`` and
+            ``half_width_m`` they let the split use finer spatial blocks when ``groups`` are too
+            few, and drop training cells whose patch could overlap a test patch.
+        lng: Optional ``(N,)`` longitudes, degrees.
+        half_width_m: Half a patch's side on the ground, metres; required with ``lat``/``lng``.
+        min_cells: Fewest cells the scores are trusted with; fewer adds a warning.
+        min_groups: Fewest groups on each side of the probe split trusted; fewer adds a warning.
 
     Returns:
-        JSON-ready dict: ``n_cells``, ``n_classes``, ``k``, ``embed_dim``,
+        JSON-ready dict: ``n_cells``, ``n_classes``, ``k``, ``embed_dim``;
         ``methods`` (name -> the four metrics, rounded to 4 decimals, None where
-        undefined), and ``checks``: ``beats_pca_on_configuration`` (encoder R² above
-        PCA's on both edge density and Shannon diversity) and
-        ``halves_random_retrieval_jsd`` (encoder JSD <= half the random baseline's).
+        undefined); ``probe_split`` (``grouping``, ``n_groups_train``,
+        ``n_groups_test``, ``n_train``, ``n_test``, ``n_buffer_dropped``,
+        ``block_km``, ``buffer_m``); ``warnings`` (sentences, empty when
+        nothing is amiss); and ``checks`` of the encoder, all False where a
+        score is undefined: ``beats_pca_on_configuration`` (R² above PCA's on
+        both edge density and Shannon diversity), ``halves_random_retrieval_jsd``
+        (JSD <= half the random baseline's), ``jsd_below_pca``,
+        ``jsd_within_1_5x_histogram`` (JSD <= 1.5 x the histogram's),
+        ``r2_class_fractions_ge_0_90``, ``edge_density_above_pca_and_histogram``
+        and ``shannon_above_pca``.
+
+    Raises:
+        InvalidInputError: for mismatched inputs, or a split that leaves a side under 2 cells.
     """
     embeddings = _check_vectors(embeddings, "embeddings")
     patches = _check_patches(patches, n_classes)
@@ -491,6 +321,16 @@ def evaluate_embeddings(
     if patches.shape[0] != n:
         raise InvalidInputError(f"{n} embeddings but {patches.shape[0]} patches; they must describe the same cells")
     started = time.perf_counter()
+    split = probe_split(n, seed=seed, groups=groups, lat=lat, lng=lng, half_width_m=half_width_m, min_groups=min_groups)
+    warnings = list(split.warnings)
+    if n < min_cells:
+        warnings.insert(
+            0,
+            f"only {n} held-out cells, fewer than {min_cells}: the scores are noisy; "
+            "evaluate a larger area or a finer --h3_resolution",
+        )
+    for warning in warnings:
+        logger.warning("evaluation: %s", warning)
     fractions = class_fractions(patches, n_classes)
     targets = {
         "r2_class_fractions": fractions,
@@ -500,15 +340,21 @@ def evaluate_embeddings(
     methods = {"encoder": _normalize_rows(embeddings), **baseline_vectors(patches, n_classes, dim, seed=seed)}
     scores: dict[str, dict[str, float]] = {}
     for name, vectors in methods.items():
-        row = {"retrieval_jsd": retrieval_jsd(vectors, fractions, k)}
-        for metric, target in targets.items():
-            row[metric] = linear_probe_r2(vectors, target, seed=seed, groups=groups)
-        scores[name] = row
-        logger.info("evaluation %s: %s", name, ", ".join(f"{m}={v:.4f}" for m, v in row.items()))
+        scores[name] = {"retrieval_jsd": retrieval_jsd(vectors, fractions, k), **_probe_r2s(vectors, targets, split)}
+        logger.info("evaluation %s: %s", name, ", ".join(f"{m}={v:.4f}" for m, v in scores[name].items()))
 
-    enc, pca, rnd = scores["encoder"], scores["pca_onehot"], scores["random"]
-    beats_pca = all(enc[m] > pca[m] for m in ("r2_edge_density", "r2_shannon"))  # NaN compares False
-    halves = enc["retrieval_jsd"] <= 0.5 * rnd["retrieval_jsd"]
+    enc, pca, rnd, hist = (scores[m] for m in ("encoder", "pca_onehot", "random", "histogram"))
+    # every comparison with NaN is False, so an undefined score never passes a check
+    checks = {
+        "beats_pca_on_configuration": all(enc[m] > pca[m] for m in ("r2_edge_density", "r2_shannon")),
+        "halves_random_retrieval_jsd": enc["retrieval_jsd"] <= 0.5 * rnd["retrieval_jsd"],
+        "jsd_below_pca": enc["retrieval_jsd"] < pca["retrieval_jsd"],
+        "jsd_within_1_5x_histogram": enc["retrieval_jsd"] <= 1.5 * hist["retrieval_jsd"],
+        "r2_class_fractions_ge_0_90": enc["r2_class_fractions"] >= 0.90,
+        "edge_density_above_pca_and_histogram": enc["r2_edge_density"]
+        > max(pca["r2_edge_density"], hist["r2_edge_density"]),
+        "shannon_above_pca": enc["r2_shannon"] > pca["r2_shannon"],
+    }
     logger.info("evaluated %d cells x %d methods in %.1f s", n, len(methods), time.perf_counter() - started)
     return {
         "n_cells": int(n),
@@ -516,12 +362,18 @@ def evaluate_embeddings(
         "k": int(k),
         "embed_dim": int(dim),
         "methods": {name: {m: _json_float(v) for m, v in row.items()} for name, row in scores.items()},
-        "checks": {"beats_pca_on_configuration": bool(beats_pca), "halves_random_retrieval_jsd": bool(halves)},
+        "probe_split": split.as_dict(),
+        "warnings": warnings,
+        "checks": {name: bool(ok) for name, ok in checks.items()},
     }
 
 
 def format_report(report: dict) -> str:
-    """Plain-text table of an :func:`evaluate_embeddings` report: metrics as rows, methods as columns."""
+    """Plain-text table of an :func:`evaluate_embeddings` report: metrics as rows, methods as columns.
+
+    The probe split and any warnings follow the table and the checks, so
+    numbers that cannot be trusted are never printed without saying so.
+    """
     methods = list(report["methods"])
     label_width = max(len(_METRIC_LABELS[m]) for m in _METRICS)
     col_width = max(10, *(len(name) for name in methods))
@@ -537,6 +389,19 @@ def format_report(report: dict) -> str:
         lines.append(f"{_METRIC_LABELS[metric]:<{label_width}}  {cells}")
     lines.append("")
     lines.extend(f"{name}: {'PASS' if ok else 'FAIL'}" for name, ok in report["checks"].items())
+    split = report.get("probe_split")
+    if split:
+        blocks = f", {split['block_km']} km blocks" if split.get("block_km") is not None else ""
+        lines += [
+            "",
+            f"probe split ({split['grouping']}{blocks}): {split['n_train']} train cells in "
+            f"{split['n_groups_train']} groups, {split['n_test']} test cells in {split['n_groups_test']} groups, "
+            f"{split['n_buffer_dropped']} dropped by the buffer",
+        ]
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines.append("")
+        lines.extend(f"WARNING: {warning}" for warning in warnings)
     return "\n".join(lines)
 
 
@@ -576,8 +441,11 @@ def report_figure(report: dict, path: str | Path) -> Path:
         upper = top * 1.2 if metric == "retrieval_jsd" and top > 0 else 1.1  # room for the labels; R² tops at 1
         ax.set_ylim(bottom * 1.15 - 0.02 * (upper - bottom), upper)
         ax.grid(axis="y", alpha=0.3)
-    checks = ", ".join(f"{name}={'yes' if ok else 'no'}" for name, ok in report["checks"].items())
-    fig.suptitle(f"{report['n_cells']} held-out cells, D={report['embed_dim']} — {checks}", fontsize=10)
+    passed = sum(bool(ok) for ok in report["checks"].values())
+    title = f"{report['n_cells']} held-out cells, D={report['embed_dim']}: {passed}/{len(report['checks'])} checks pass"
+    if report.get("warnings"):
+        title += f" — {len(report['warnings'])} warning(s) in the report: do not trust these numbers alone"
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=120)
     logger.info("wrote evaluation figure %s", path)
     return path

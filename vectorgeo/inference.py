@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vectorgeo.errors import InvalidInputError
-from vectorgeo.evaluate import class_fractions
 from vectorgeo.legends import Legend
+from vectorgeo.patch_stats import class_fractions
 from vectorgeo.raster import dem_patches, extract_patches
 
 if TYPE_CHECKING:

@@ -4,7 +4,9 @@ An anchor is a random point on land; its neighbour, also on land, lies at a
 random bearing, at a great-circle distance between one patch width and
 ``pair_distance_m``. Pairs whose patches share pixels, touch nodata or the
 raster edge, or are near-uniform (one class covering almost the whole patch:
-nothing to learn), are dropped and redrawn.
+nothing to learn), are dropped and redrawn; so are pairs touching held-out
+ground when a hold-out rule is given, so no draw is wasted on pairs that
+training would drop.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from vectorgeo.errors import InvalidInputError
 from vectorgeo.geodesy import destination_points
+from vectorgeo.holdout import patch_held_out
 from vectorgeo.land import is_land
 from vectorgeo.legends import Legend
 from vectorgeo.raster import dem_patches, extract_patches, latlng_to_pixels, pixel_sides_m, raster_bounds_latlng
@@ -140,11 +143,12 @@ def sample_pairs(
     n_pairs: int,
     *,
     patch_px: int = 32,
-    pair_distance_m: float = 5000.0,
+    pair_distance_m: float | None = None,
     max_uniform_fraction: float = 0.95,
     seed: int | list[int] | np.random.Generator = 0,
     max_rounds: int = 50,
     dem: DatasetReader | None = None,
+    holdout: dict | None = None,
 ) -> PairShard:
     """Draw ``n_pairs`` valid anchor/neighbour patch pairs from a raster.
 
@@ -155,7 +159,9 @@ def sample_pairs(
         patch_px: Patch side, pixels of this raster.
         pair_distance_m: Largest anchor-neighbour distance, metres; the
             smallest is one patch width (its longer ground side), and pairs
-            whose patches share pixels are redrawn.
+            whose patches share pixels are redrawn. None or 0 = two patch
+            widths, so the default follows the raster's pixel size (a fixed
+            5 km was shorter than one patch on 300 m rasters).
         max_uniform_fraction: Drop a patch whose most common class covers
             more than this share of it (1.0 keeps everything).
         seed: Seed, seed list (e.g. ``[run_seed, shard]``) or generator;
@@ -178,6 +184,8 @@ def sample_pairs(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     sides_m = pixel_sides_m(dataset)
     min_distance_m = patch_px * max(sides_m)
+    if not pair_distance_m:
+        pair_distance_m = 2 * min_distance_m
     if pair_distance_m <= min_distance_m:
         raise InvalidInputError(
             f"pair_distance_meters={pair_distance_m:g} must exceed one patch width "
@@ -197,6 +205,12 @@ def sample_pairs(
         neighbors = extract_patches(dataset, n_lat, n_lng, legend, patch_px=patch_px)
         ok = anchors.valid & neighbors.valid & is_land(n_lat, n_lng, dataset, legend)
         ok &= ~_patches_overlap(dataset, a_lat, a_lng, n_lat, n_lng, patch_px)
+        if holdout is not None:
+            cand = np.flatnonzero(ok)
+            half_width_m = min_distance_m / 2
+            touches = patch_held_out(a_lat[cand], a_lng[cand], half_width_m, **holdout)[1]
+            touches |= patch_held_out(n_lat[cand], n_lng[cand], half_width_m, **holdout)[1]
+            ok[cand[touches]] = False
         ok[ok] &= dominant_class_fraction(anchors.classes[ok]) <= max_uniform_fraction
         ok[ok] &= dominant_class_fraction(neighbors.classes[ok]) <= max_uniform_fraction
         parts = [anchors.classes, neighbors.classes, a_lat, a_lng, n_lat, n_lng]
@@ -218,6 +232,11 @@ def sample_pairs(
             f"found only {have} of {n_pairs} valid pairs after {max_rounds} rounds: the raster has too little "
             "land with valid, non-uniform patches; raise max_uniform_fraction, shrink the patch, "
             "or use a raster with more land"
+            + (
+                " (held-out ground is excluded: a clip smaller than a few H3 res-5 cells may lie mostly on it)"
+                if holdout
+                else ""
+            )
         )
     cols = [np.concatenate(parts) for parts in zip(*found, strict=False)]
     meta = {
@@ -230,6 +249,7 @@ def sample_pairs(
         "max_uniform_fraction": float(max_uniform_fraction),
     }
     meta["dem"] = dem is not None
+    meta["holdout"] = holdout
     return PairShard(
         anchor=cols[0],
         neighbor=cols[1],

@@ -43,9 +43,11 @@ def evaluate_model(
     """Evaluate embeddings of held-out cells against baselines; write JSON and PNG.
 
     Cells count as held out when their whole patch lies on ground the model
-    never trained on (the ``holdout`` rule recorded in the model's sidecar);
-    the linear probes split them by H3 parent cell, so overlapping
-    neighbours never sit on both sides of the split.
+    never trained on (the ``holdout`` rule recorded in the model's sidecar).
+    The linear probes split them by H3 parent cell, or by finer spatial
+    blocks when the parents are too few, and drop training cells whose patch
+    could overlap a test patch; the report's ``warnings`` say when the cells
+    or groups are too few to trust the scores.
 
     Returns:
         The report (see :func:`vectorgeo.evaluate.evaluate_embeddings`) plus keys.
@@ -77,7 +79,17 @@ def evaluate_model(
     with open_raster(rasters.landcover) as dataset:
         patches = extract_patches(dataset, lat[chosen], lng[chosen], legend_obj, patch_px=patch_px)
     parents = latlng_to_cells(lat[chosen], lng[chosen], rule.get("parent_res", 5))
-    report = evaluate_embeddings(vectors, patches.classes, legend_obj.n_classes, k=k, seed=seed, groups=parents)
+    report = evaluate_embeddings(
+        vectors,
+        patches.classes,
+        legend_obj.n_classes,
+        k=k,
+        seed=seed,
+        groups=parents,
+        lat=lat[chosen],
+        lng=lng[chosen],
+        half_width_m=half_width_m,
+    )
     report.update(model=name, h3_resolution=h3_resolution, held_out_rule=rule or None)
     keys = report_keys(name, h3_resolution)
     with tempfile.TemporaryDirectory(prefix="vg-eval-") as tmp:

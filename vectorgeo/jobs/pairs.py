@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from vectorgeo.errors import IncompleteOutputError, InvalidInputError
+from vectorgeo.holdout import HOLDOUT
 from vectorgeo.raster import open_raster
 from vectorgeo.sampling import PairShard, sample_pairs, write_shard
 from vectorgeo.sources import resolve_legend, resolve_rasters
@@ -79,6 +80,7 @@ def _sample_shard(
             max_uniform_fraction=max_uniform_fraction,
             seed=[seed, index],
             dem=dem_dataset,
+            holdout=HOLDOUT,
         )
     shard.meta.update({"raster": rasters.source, "seed": seed, "shard": index})
     return shard

@@ -119,9 +119,14 @@ class EmbeddedPostgres:
         logger.info("started PostgreSQL in %s on port %d", self.data_dir, port)
         return self.url
 
-    def stop(self) -> None:
-        """Stop the server if this object started it (fast shutdown: rolls back open transactions)."""
-        if self._started_here and self._running_port() is not None:
+    def stop(self, *, force: bool = False) -> None:
+        """Stop the server if this object started it (fast shutdown: rolls back open transactions).
+
+        Args:
+            force: Stop it even when another process started it (the last of several
+                processes that shared the server, e.g. a flow's join step).
+        """
+        if (self._started_here or force) and self._running_port() is not None:
             self._pg_ctl(["-w", "-m", "fast", "stop"])
             logger.info("stopped PostgreSQL in %s", self.data_dir)
         self._started_here = False
