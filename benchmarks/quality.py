@@ -79,78 +79,89 @@ def targets(scores: dict) -> dict[str, bool]:
     }
 
 
+def run_raster(args, label: str, raster_args: list[str], res: int) -> list[dict]:
+    """Flows 00 -> 01 once, then 02 -> 03 -> 05 per dimension: one row per dimension."""
+    work = Path(args.work_dir) / label
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{label}: stencil res {res}, {args.n_files} x {args.samples_per_file} pairs", flush=True)
+    run_flow(work, "00_h3_stencil_flow.py", f"--h3_resolution={res}", *raster_args)
+    pairs_s = run_flow(
+        work,
+        "01_preprocess_flow.py",
+        f"--n_files={args.n_files}",
+        "--n_jobs=2",
+        f"--samples_per_file={args.samples_per_file}",
+        *raster_args,
+    )
+    rows = []
+    for dim in (int(d) for d in args.dims.split(",")):
+        model = f"{label}_d{dim}.keras"
+        name = model.removesuffix(".keras")
+        train = [f"--model_filename={model}", f"--embed_dim={dim}", *args.train_args.split()]
+        train += [f"--epochs={args.epochs}"] if args.epochs else []
+        train_s = run_flow(work, "02_train_flow.py", *train)
+        run_flow(work, "03_inference_flow.py", f"--model_filename={model}", f"--h3_resolution={res}", *raster_args)
+        run_flow(work, "05_evaluate_flow.py", f"--model_filename={model}", f"--h3_resolution={res}", *raster_args)
+        report = json.loads((work / "bucket" / "reports" / name / f"res{res}" / "evaluation.json").read_text())
+        training = json.loads((work / "bucket" / "models" / f"{name}.json").read_text())["training"]
+        row = {
+            "raster": label,
+            "dim": dim,
+            "h3_resolution": res,
+            "n_cells": report["n_cells"],
+            "scores": report["methods"],
+            "targets": targets(report["methods"]),
+            "warnings": report.get("warnings", []),
+            "probe_split": report.get("probe_split"),
+            "train_seconds": round(train_s, 1),
+            "pairs_seconds": round(pairs_s, 1),
+            "fit_seconds": round(training["seconds"], 1),
+            "train_pairs_per_s": round(training["train_pairs_per_s"], 1),
+            "epochs_run": training["epochs_run"],
+            "n_train_pairs": training["n_train"],
+            "params": training["params"],
+        }
+        rows.append(row)
+        print(f"  d={dim}: {row['scores']['encoder']} targets {row['targets']} ({train_s:.0f} s flow 02)", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rasters", default=",".join(RASTERS))
     parser.add_argument("--dims", default="16")
     parser.add_argument("--realdata", default=str(REPO.parent / "shared" / "realdata"))
     parser.add_argument("--work-dir", default=str(REPO / "tmp" / "quality"))
-    parser.add_argument("--n-files", type=int, default=16, help="flow 01 shards (the demo's)")
-    parser.add_argument("--samples-per-file", type=int, default=1000, help="flow 01 pairs per shard (the demo's)")
+    parser.add_argument("--n-files", type=int, default=16, help="flow 01 shards")
+    parser.add_argument("--samples-per-file", type=int, default=1000, help="flow 01 pairs per shard")
     parser.add_argument("--epochs", type=int, default=0, help="flow 02 epochs; 0 = flow 02's default")
     parser.add_argument("--train-args", default="", help="extra flow 02 flags, space separated")
     parser.add_argument("--out", default=str(RESULTS / "quality.json"))
     args = parser.parse_args()
     realdata = Path(args.realdata)
-    rows, skipped = [], {}
+    rows, skipped, failed = [], {}, {}
     for label in args.rasters.split(","):
         file, legend, res = RASTERS[label]
-        legend = legend.format(realdata=realdata)
         raster_args = []
         if file:
             if not (realdata / file).is_file():
                 skipped[label] = f"{realdata / file} is absent"
                 print(f"skip {label}: {skipped[label]}")
                 continue
-            raster_args = [f"--landcover={realdata / file}", f"--legend={legend}"]
-        work = Path(args.work_dir) / label
-        work.mkdir(parents=True, exist_ok=True)
-        print(f"{label}: stencil res {res}, {args.n_files} x {args.samples_per_file} pairs", flush=True)
-        run_flow(work, "00_h3_stencil_flow.py", f"--h3_resolution={res}", *raster_args)
-        pairs_s = run_flow(
-            work,
-            "01_preprocess_flow.py",
-            f"--n_files={args.n_files}",
-            "--n_jobs=2",
-            f"--samples_per_file={args.samples_per_file}",
-            *raster_args,
-        )
-        for dim in (int(d) for d in args.dims.split(",")):
-            model = f"{label}_d{dim}.keras"
-            train = [f"--model_filename={model}", f"--embed_dim={dim}", *args.train_args.split()]
-            train += [f"--epochs={args.epochs}"] if args.epochs else []
-            train_s = run_flow(work, "02_train_flow.py", *train)
-            run_flow(work, "03_inference_flow.py", f"--model_filename={model}", f"--h3_resolution={res}", *raster_args)
-            run_flow(work, "05_evaluate_flow.py", f"--model_filename={model}", f"--h3_resolution={res}", *raster_args)
-            name = model.removesuffix(".keras")
-            report = json.loads((work / "bucket" / "reports" / name / f"res{res}" / "evaluation.json").read_text())
-            sidecar = json.loads((work / "bucket" / "models" / f"{name}.json").read_text())
-            training = sidecar["training"]
-            row = {
-                "raster": label,
-                "dim": dim,
-                "h3_resolution": res,
-                "n_cells": report["n_cells"],
-                "scores": report["methods"],
-                "targets": targets(report["methods"]),
-                "warnings": report.get("warnings", []),
-                "probe_split": report.get("probe_split"),
-                "train_seconds": round(train_s, 1),
-                "pairs_seconds": round(pairs_s, 1),
-                "fit_seconds": round(training["seconds"], 1),
-                "train_pairs_per_s": round(training["train_pairs_per_s"], 1),
-                "epochs_run": training["epochs_run"],
-                "n_train_pairs": training["n_train"],
-                "params": training["params"],
-            }
-            rows.append(row)
-            enc = row["scores"]["encoder"]
-            print(f"  d={dim}: {enc} targets {row['targets']} ({train_s:.0f} s flow 02)", flush=True)
+            raster_args = [f"--landcover={realdata / file}", f"--legend={legend.format(realdata=realdata)}"]
+        try:
+            rows += run_raster(args, label, raster_args, res)
+        except SystemExit as exc:  # one raster failing must not lose the others' figures
+            failed[label] = str(exc)[-2000:]
+            print(f"FAILED {label}: {failed[label]}", flush=True)
     print_table(rows)
+    for label in failed:
+        print(f"{label}: FAILED (see above)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    out.write_text(json.dumps({"machine": machine, "args": vars(args), "skipped": skipped, "rows": rows}, indent=1))
+    document = {"machine": machine, "args": vars(args), "skipped": skipped, "failed": failed, "rows": rows}
+    out.write_text(json.dumps(document, indent=1))
     print(f"wrote {out}")
 
 

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_flows import FLOW_01, _run
+from tests.test_flows import FLOW_01, FLOW_02, _run
 from vectorgeo.errors import InvalidInputError, NotFoundError
 from vectorgeo.holdout import HOLDOUT, patch_held_out, patch_on_validation
 from vectorgeo.jobs.train import ENCODER_DEFAULTS
@@ -298,3 +298,13 @@ def test_tune_flow_runs_trials_in_parallel_and_resumes(tmp_path):
     assert second["trials"][2]["run_id"] != first["trials"][0]["run_id"]
     best = read_best(Bucket(bucket, tmp_path / "cache-check"), "tiny.keras")
     assert best["best_trial"] == second["best_trial"] and best["encoder"] == second["encoder"]
+
+    # flow 02 trains from the tuned settings; the budget (epochs, seed) stays this run's
+    done = _run(tmp_path, FLOW_02, "--from_tuning=true", "--epochs=1", "--model_filename=tiny.keras")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    sidecar = json.loads((bucket / "models" / "tiny.json").read_text())
+    assert sidecar["tuning"]["best_trial"] == best["best_trial"]
+    assert sidecar["encoder_config"]["num_filters"] == best["encoder"]["num_filters"]
+    assert sidecar["encoder_config"]["composition_skip"] == best["encoder"]["composition_skip"]
+    trained = sidecar["training"]["params"]
+    assert trained["epochs"] == 1 and all(trained[k] == v for k, v in best["training"].items())

@@ -193,9 +193,13 @@ def sample_pairs(
         )
     bounds = raster_bounds_latlng(dataset)
     found: list[tuple[np.ndarray, ...]] = []
-    have = 0
+    have = drawn = 0
     for _ in range(max_rounds):
-        want = max(64, 2 * (n_pairs - have))
+        # draw enough for the pairs still missing at the acceptance rate seen so far (an island
+        # clip can keep under 5 % of its draws: sea, uniform forest, held-out ground)
+        rate = have / drawn if drawn else 0.5
+        want = int(min(max(64, 1.5 * (n_pairs - have) / max(rate, 0.002)), 200_000))
+        drawn += want
         a_lat, a_lng = random_points_in_bounds(bounds, want, rng)
         keep = is_land(a_lat, a_lng, dataset, legend)
         a_lat, a_lng = a_lat[keep], a_lng[keep]

@@ -54,7 +54,7 @@ class TrainingParams:
         epochs: Most epochs.
         batch_size: Pairs per batch; every other pair of the batch is a negative.
         learning_rate: Peak AdamW learning rate, after a linear warm-up; cosine decay follows.
-        warmup_epochs: Length of the warm-up, epochs (fractions allowed).
+        warmup_epochs: Length of the warm-up, epochs (fractions allowed); at most a fifth of the run.
         weight_decay: AdamW decoupled weight decay.
         temperature: InfoNCE softmax temperature on cosine similarity.
         neighbor_weight: InfoNCE weight of the spatial-neighbour positive, 0..1; the
@@ -250,7 +250,7 @@ def _loss(params: TrainingParams, n_classes: int) -> dict:
 def _schedule(params: TrainingParams, steps_per_epoch: int):
     keras = _keras()
     total = max(1, params.epochs * steps_per_epoch)
-    warmup = min(round(params.warmup_epochs * steps_per_epoch), total - 1)
+    warmup = min(round(params.warmup_epochs * steps_per_epoch), total // 5)  # short runs (tuning) warm up briefly
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=params.learning_rate / 100 if warmup else params.learning_rate,
         decay_steps=total - warmup,
@@ -380,7 +380,7 @@ def train_encoder(
     )
     seconds = time.perf_counter() - start
     loss, val_loss = [float(v) for v in fit.history["loss"]], [float(v) for v in fit.history["val_loss"]]
-    n_trained = len(train_ds) * params.batch_size
+    n_trained = min(len(train["anchor"]), len(train_ds) * params.batch_size)  # a last partial batch is dropped
     history = {
         "loss": loss,
         "val_loss": val_loss,
