@@ -34,7 +34,7 @@ RASTERS = {
     "synthetic": ("", "lc100", 8),
     "nlcd": ("nlcd2011_zion_UT.tif", str(REPO / "examples" / "legends" / "nlcd.csv"), 9),
     "worldcover": ("esa_worldcover_2021_saotome_10m_clip.tif", "worldcover", 10),
-    "esacci": ("esacci7_newguinea_2015_300m.tif", "{realdata}/esacci7_legend.csv", 6),
+    "esacci": ("esacci7_newguinea_2015_300m.tif", "{realdata}/esacci7_legend.csv", 7),
 }
 METRICS = ("retrieval_jsd", "r2_class_fractions", "r2_edge_density", "r2_shannon")
 
