@@ -12,7 +12,7 @@ res="${VG_H3_RESOLUTION:-7}"
 model="${VG_MODEL:-demo.keras}"
 
 $py flows/00_h3_stencil_flow.py --no-pylint run --h3_resolution="$res"
-$py flows/01_preprocess_flow.py --no-pylint run --n_files=16 --n_jobs=2 --samples_per_file=800
+$py flows/01_preprocess_flow.py --no-pylint run --n_files=16 --n_jobs=2 --samples_per_file=640
 $py flows/02_train_flow.py --no-pylint run
 $py flows/03_inference_flow.py --no-pylint run --h3_resolution="$res"
 $py flows/04_upload_flow.py --no-pylint run --h3_resolution="$res"
