@@ -42,23 +42,38 @@ install_chromium() {
   fi
 }
 
+# The project itself, editable, with the pinned setuptools (no build isolation, so nothing else is fetched):
+# the `vectorgeo` command in .venv/bin, and `import vectorgeo` from any folder.
+install_project() {
+  # the warning silenced is setuptools' reminder that ./vectorgeo shadows the install: here they are one folder
+  PYTHONWARNINGS="ignore:Editable installation" \
+    .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation --editable .
+}
+
 stamp=.venv/.vectorgeo-requirements
-wanted=$(cat requirements.txt setup.sh | "$python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+wanted=$(cat requirements.txt setup.sh pyproject.toml | "$python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] || [ "${1:-}" = "--force" ]; then
   echo "setup.sh: installing pinned requirements into .venv (first run: a few minutes)"
   .venv/bin/python -m pip install --quiet "pip==26.3"
   .venv/bin/python -m pip install --quiet -r requirements.txt
   .venv/bin/python - <<'PY'
 import importlib
-mods = ["metaflow", "numpy", "scipy", "pyarrow", "rasterio", "h3", "h3ronpy", "shapely", "global_land_mask",
-        "tensorflow", "keras", "jax", "optuna", "sqlalchemy", "boto3", "qdrant_client", "qdrant_edge", "psycopg",
-        "psycopg2", "pgvector", "faiss", "tqdm", "matplotlib", "pytest", "moto", "playwright"]
+
+from vectorgeo.keras_env import import_keras  # TensorFlow and Keras, without the CUDA probing lines on CPU machines
+
+import_keras()
+mods = ["metaflow", "numpy", "scipy", "pyarrow", "rasterio", "h3", "h3ronpy", "shapely", "global_land_mask", "jax", "optuna", "sqlalchemy", "boto3", "qdrant_client", "qdrant_edge", "psycopg",
+        "psycopg2", "pgvector", "faiss", "uvicorn", "httptools", "uvloop", "tqdm", "matplotlib", "pytest", "moto",
+        "playwright"]
 for name in mods:
     importlib.import_module(name)
 import h3
 assert h3.__version__.startswith("4."), f"h3 v4 is required, found {h3.__version__}"
-print(f"setup.sh: {len(mods)} packages import")
+print(f"setup.sh: TensorFlow, Keras and {len(mods)} more packages import")
 PY
+  install_project
   install_chromium
   echo "$wanted" > "$stamp"
+elif [ ! -x .venv/bin/vectorgeo ]; then
+  install_project
 fi

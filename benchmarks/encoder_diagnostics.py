@@ -64,8 +64,8 @@ def run(objective: str, arrays: dict, probe: dict, n_classes: int, steps: int, e
     keras = import_keras()
     import tensorflow as tf
 
+    from vectorgeo.encoder import EncoderConfig, build_encoder
     from vectorgeo.losses import info_nce_terms, semihard_terms
-    from vectorgeo.model import EncoderConfig, build_encoder
     from vectorgeo.training import TrainingParams
     from vectorgeo.views import make_views
 

@@ -39,9 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from vectorgeo.encoder import EncoderConfig, build_encoder, embed
 from vectorgeo.inference import _prepare, embed_cells, embeddings_table, write_part
 from vectorgeo.legends import get_legend
-from vectorgeo.model import EncoderConfig, build_encoder, embed
 from vectorgeo.raster import extract_patches, open_raster
 from vectorgeo.stencil import build_stencil
 from vectorgeo.synthetic import write_synthetic_rasters

@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", default="", help="JSON path (default benchmarks/results/objectives_{raster}.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from vectorgeo.model import EncoderConfig, embed
+    from vectorgeo.encoder import EncoderConfig, embed
     from vectorgeo.training import train_encoder
 
     with tempfile.TemporaryDirectory() as tmp:

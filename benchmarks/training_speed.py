@@ -66,8 +66,7 @@ def main() -> None:
     if args.variant == "first-version":
         vm.train_encoder(train, val, vm.EncoderConfig(n_classes=23, patch_px=32), epochs=4, batch_size=128, patience=10)
     else:
-        from vectorgeo.jobs.train import ENCODER_DEFAULTS
-        from vectorgeo.model import EncoderConfig
+        from vectorgeo.encoder import ENCODER_DEFAULTS, EncoderConfig
         from vectorgeo.training import TrainingParams, train_encoder
 
         if args.variant == "triplet":

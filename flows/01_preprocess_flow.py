@@ -8,6 +8,7 @@ from metaflow import Parameter, card, current, resources, retry, step
 
 import constants
 from flow_support import RasterFlow, user_errors
+from vectorgeo.artifacts import train_prefix
 from vectorgeo.cards import pairs_card
 from vectorgeo.jobs.pairs import finish_pair_shards, make_pair_shards, plan_pair_shards
 
@@ -85,7 +86,7 @@ class PreprocessFlow(RasterFlow):
     def end(self):
         """Say where the shards are."""
         m = self.manifest
-        print(f"training pairs: {m['n_pairs']} in {m['n_files']} shards -> train/{m['train_set']}/")
+        print(f"training pairs: {m['n_pairs']} in {m['n_files']} shards -> {train_prefix(m['train_set'])}")
 
 
 if __name__ == "__main__":

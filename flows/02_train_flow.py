@@ -10,7 +10,8 @@ from metaflow import Parameter, card, current, resources, step
 import constants
 from flow_support import VectorGeoFlow, user_errors
 from vectorgeo.cards import training_card
-from vectorgeo.jobs.train import ENCODER_DEFAULTS, train_model
+from vectorgeo.encoder import ENCODER_DEFAULTS
+from vectorgeo.jobs.train import train_model
 from vectorgeo.training import OBJECTIVES, TrainingParams
 
 _D = TrainingParams()

@@ -8,6 +8,7 @@ from metaflow import Parameter, card, current, resources, retry, step
 
 import constants
 from flow_support import RasterFlow, store_servers, user_errors
+from vectorgeo.artifacts import embeddings_prefix
 from vectorgeo.cards import inference_card
 from vectorgeo.jobs.infer import finish_inference, plan_inference, run_inference
 
@@ -117,7 +118,7 @@ class InferenceFlow(RasterFlow):
         print(
             f"embeddings: {m['n_embedded']} cells ({m['n_invalid']} invalid patches skipped, "
             f"{m['n_parts_skipped']} of {m['n_parts']} parts reused) "
-            f"-> embeddings/{m['model']}/res{m['h3_resolution']}/"
+            f"-> {embeddings_prefix(m['model'], m['h3_resolution'])}"
         )
 
 

@@ -7,14 +7,12 @@ in the bucket), then the search sidecars (``indexes/{name}/res{R}/search/``: sco
 calibration and per-cell attributes for the search service).
 """
 
-import re
-
 from metaflow import Parameter, card, current, resources, retry, step
 
 import constants
 from flow_support import VectorGeoFlow, VectorGeoFlowError, store_servers, user_errors
+from vectorgeo.artifacts import collection_name, model_name
 from vectorgeo.cards import upload_card
-from vectorgeo.jobs.train import model_name
 from vectorgeo.jobs.upload import load_store, plan_upload, write_search_sidecars
 
 
@@ -44,8 +42,7 @@ class UploadFlow(VectorGeoFlow):
 
     def _collection(self) -> str:
         """The Qdrant collection / pgvector table: given, or ``{model}_res{R}`` as a safe identifier."""
-        default = f"{model_name(self.model_filename)}_res{self.h3_resolution}"
-        return self.qdrant_collection or re.sub(r"[^a-z0-9_]", "_", default.lower())
+        return self.qdrant_collection or collection_name(model_name(self.model_filename), self.h3_resolution)
 
     @step
     def start(self):

@@ -10,7 +10,7 @@ from metaflow import Parameter, card, current, step
 import constants
 from flow_support import RasterFlow, user_errors
 from vectorgeo.cards import evaluation_card
-from vectorgeo.evaluate import format_report
+from vectorgeo.evaluation_report import format_report
 from vectorgeo.jobs.evaluation import evaluate_model
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the Lambda deployment zip: handler.py, openapi.json, constants.py, vectorgeo/ and the packages of
-# lambda/requirements.txt (Linux wheels), without TensorFlow, Keras or JAX.
+# Build the Lambda deployment zip: handler.py, constants.py, vectorgeo/ (the API in vectorgeo/api.py, its
+# description vectorgeo/openapi.json) and the packages of lambda/requirements.txt (Linux wheels), without
+# TensorFlow, Keras or JAX, and without any HTTP server library (uvicorn, starlette): the Lambda runtime is the server.
 #
 #   lambda/build.sh [--no-deps] [--out PATH]
 #
@@ -30,7 +31,7 @@ done
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT
 
-cp "$here/handler.py" "$here/openapi.json" "$root/constants.py" "$build/"
+cp "$here/handler.py" "$root/constants.py" "$build/"
 (cd "$root" && tar --exclude='__pycache__' --exclude='*.pyc' -cf - vectorgeo) | (cd "$build" && tar -xf -)
 if [ "$deps" = 1 ]; then
   "$python" -m pip install --quiet --target "$build" --implementation cp --only-binary=:all: \
@@ -38,11 +39,15 @@ if [ "$deps" = 1 ]; then
     --python-version "${LAMBDA_PYTHON_VERSION:-3.12}" \
     -r "$here/requirements.txt"
 fi
-for banned in tensorflow tf_keras keras jax jaxlib torch; do
+for banned in tensorflow tf_keras keras jax jaxlib torch uvicorn starlette fastapi h11 httptools uvloop; do
   if [ -e "$build/$banned" ] || compgen -G "$build/${banned}-*.dist-info" >/dev/null; then
-    echo "build.sh: $banned ended up in the zip (pulled in by lambda/requirements.txt?); the Lambda must not load the model" >&2
+    echo "build.sh: $banned ended up in the zip (pulled in by lambda/requirements.txt?); the Lambda loads neither" \
+      "the model nor a server" >&2
     exit 1
   fi
+done
+for file in vectorgeo/api.py vectorgeo/service_settings.py vectorgeo/openapi.json; do
+  [ -f "$build/$file" ] || { echo "build.sh: $file is missing from the zip" >&2; exit 1; }
 done
 
 mkdir -p "$(dirname "$out")"

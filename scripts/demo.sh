@@ -32,5 +32,5 @@ if [ "${VG_DEMO_SERVE:-1}" = 0 ]; then  # e.g. on a machine where nobody will lo
   exit 0
 fi
 echo
-echo "Starting the local server: the search API under /api/ and the web map (Ctrl-C stops it)."
-exec "$py" -m vectorgeo.serve --resolution "$res" --model "$model" --port "${VG_PORT:-8000}"
+echo "Starting the server: the search API under /api/ and the web map, on worker processes (Ctrl-C stops it)."
+exec .venv/bin/vectorgeo serve --resolution "$res" --model "$model" --port "${VG_PORT:-8000}"

@@ -10,7 +10,7 @@ import json
 import os
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import h3.api.basic_int as h3i
 import numpy as np
@@ -90,6 +90,40 @@ def _api(url, query):
         return json.loads(response.read())
 
 
+def _map_xy(page, lat, lng):
+    """The page coordinates (px) where the map draws a point."""
+    x, y = page.evaluate("([lat, lng]) => { const p = vg.map.latLngToContainerPoint([lat, lng]); return [p.x, p.y]; }",
+                         [lat, lng])  # fmt: skip
+    box = page.locator("#map").bounding_box()
+    return box["x"] + x, box["y"] + y
+
+
+def _draw(page, tool, vertices):
+    """Draw an area with the map's own tool by mouse: pick ``tool`` (rectangle, polygon), click each (lat, lng).
+
+    A box takes two opposite corners; close a polygon by repeating its first vertex. Waits for the new area and
+    for the search the page runs again with it (when it has searched before).
+    """
+    before = page.evaluate("[JSON.stringify(vg.state.area), vg.state.searches, vg.state.results.length]")
+    page.click(f".vg-draw-{tool}")
+    for lat, lng in vertices:
+        x, y = _map_xy(page, lat, lng)
+        page.mouse.move(x, y, steps=4)  # the tool's hint marker follows the mouse; the click drops it
+        page.mouse.click(x, y)
+    page.wait_for_function("a => JSON.stringify(vg.state.area) !== a && !vg.state.drawing", arg=before[0])
+    if before[2]:
+        page.wait_for_function(f"!vg.state.loading && vg.state.searches > {before[1]}")
+
+
+def _inside_ring(lng, lat, ring):
+    """Even-odd test of a point against a ring of (lng, lat) vertices."""
+    inside = False
+    for (x1, y1), (x2, y2) in zip(ring, ring[1:] + ring[:1], strict=True):
+        if (y1 > lat) != (y2 > lat) and lng < x1 + (lat - y1) * (x2 - x1) / (y2 - y1):
+            inside = not inside
+    return inside
+
+
 def test_a_click_draws_and_lists_similar_cells_and_a_result_click_zooms(page, url, data):
     _open(page, url)
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('Ready')")
@@ -166,3 +200,60 @@ def test_errors_are_shown_and_the_endpoint_can_be_fixed(page, url, data):
     _click_latlng(page, *h3i.cell_to_latlng(sea))
     assert f"(cell {h3i.int_to_str(sea)}) is not in the index" in page.inner_text("#error")
     assert page.locator("path.vg-result").count() == 0
+
+
+def test_a_drawn_box_or_polygon_filters_the_search_and_clearing_drops_it(page, url, data):
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    _open(page, url)
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Ready')")
+    assert page.get_attribute(".vg-draw-rectangle", "aria-label") == "Draw a box filter"
+    assert page.get_attribute(".vg-draw-polygon", "aria-label") == "Draw a polygon filter"
+    assert page.is_hidden("#area-clear")
+    page.fill("#k", "25")
+    page.fill("#radius_km", "50")  # a drawn area replaces the radius (the API takes one of them)
+
+    def last_search():
+        query = parse_qs(urlsplit([u for u in requests if "/api/search?" in u][-1]).query)
+        return {key: values[0] for key, values in query.items()}
+
+    here = h3i.cell_to_latlng(h3i.latlng_to_cell(*CENTRE, RES))
+    _draw(page, "rectangle", [(44.55, -123.85), (44.75, -123.65)])  # north-east of the click
+    assert page.locator("path.vg-area").count() == 1
+    assert page.is_disabled("#radius_km") and page.input_value("#radius_km") == ""
+    assert page.inner_text("#area") == "within the drawn box (123.85°W to 123.65°W, 44.55°N to 44.75°N)"
+    _click_latlng(page, *here)
+    sent = last_search()
+    assert "radius_km" not in sent and "polygon" not in sent
+    west, south, east, north = map(float, sent["bbox"].split(","))
+    assert (west, south, east, north) == pytest.approx((-123.85, 44.55, -123.65, 44.75), abs=1e-3)
+    results = page.evaluate("vg.state.results")
+    assert results and page.locator("path.vg-result").count() == len(results)
+    assert all(west <= r["lng"] <= east and south <= r["lat"] <= north for r in results)
+    assert "within the drawn box" in page.inner_text("#status")
+    page.screenshot(path=str(ARTIFACTS / "map-area-box.png"))
+
+    corners = [(44.45, -124.05), (44.45, -123.85), (44.62, -123.78), (44.72, -124.0)]
+    _draw(page, "polygon", [*corners, corners[0]])  # the page searches again from the same click
+    assert page.locator("path.vg-area").count() == 1  # one area at a time: the polygon replaced the box
+    assert page.inner_text("#area") == "within the drawn polygon (4 vertices)"
+    sent = last_search()
+    assert "bbox" not in sent and "radius_km" not in sent
+    numbers = list(map(float, sent["polygon"].split(",")))
+    assert numbers == pytest.approx([v for lat, lng in corners for v in (lng, lat)], abs=1e-3)  # click order
+    ring = list(zip(numbers[::2], numbers[1::2], strict=True))
+    results = page.evaluate("vg.state.results")
+    assert results and all(_inside_ring(r["lng"], r["lat"], ring) for r in results)
+    assert "within the drawn polygon" in page.inner_text("#status")
+    page.screenshot(path=str(ARTIFACTS / "map-area-polygon.png"))
+
+    before = page.evaluate("vg.state.searches")
+    page.click("#area-clear")  # clearing searches again, everywhere
+    page.wait_for_function(f"!vg.state.loading && vg.state.searches > {before}")
+    sent = last_search()
+    assert "bbox" not in sent and "polygon" not in sent
+    assert page.evaluate("vg.state.area") is None and page.locator("path.vg-area").count() == 0
+    assert not page.is_disabled("#radius_km") and page.is_hidden("#area-clear")
+    assert "within" not in page.inner_text("#status")
+    assert any(not _inside_ring(r["lng"], r["lat"], ring) for r in page.evaluate("vg.state.results"))
+    assert requests and all(_is_local(u) for u in requests)  # the drawing tools are vendored: nothing leaves

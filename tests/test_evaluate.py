@@ -13,12 +13,11 @@ from vectorgeo.evaluate import (
     _fit_pca_onehot,
     baseline_vectors,
     evaluate_embeddings,
-    format_report,
     js_divergence,
     knn_indices,
-    report_figure,
     retrieval_jsd,
 )
+from vectorgeo.evaluation_report import format_report, report_figure
 from vectorgeo.patch_stats import class_fractions, edge_density, shannon_diversity
 
 N_CLASSES = 6

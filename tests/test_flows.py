@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO_ROOT, S3_BUCKET
+from vectorgeo.artifacts import synthetic_raster_keys
 from vectorgeo.sampling import read_shard
-from vectorgeo.sources import synthetic_keys
 
 pytestmark = pytest.mark.flows
 
@@ -68,7 +68,7 @@ def test_pipeline_00_to_05_on_the_synthetic_default(workdir):
     assert stencil.schema.field("h3").type == "uint64"
     assert 200 < stencil.num_rows < 2000  # ~2 x 1.5 degrees of Oregon coast, land only
     assert json.loads(stencil.schema.metadata[b"vectorgeo"])["raster"].startswith("synthetic")
-    assert (bucket / synthetic_keys(0)[0]).is_file()
+    assert (bucket / synthetic_raster_keys(0)[0]).is_file()
 
     done = _run(workdir, FLOW_01, "--n_files=3", "--n_jobs=2", "--samples_per_file=16", "--patch_size=16")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -213,7 +213,7 @@ def test_flows_on_an_s3_bucket(workdir, moto_endpoint):
     listing = boto3.client("s3", endpoint_url=moto_endpoint).list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix)
     keys = sorted(o["Key"][len(prefix) + 1 :] for o in listing["Contents"])
     assert keys == [
-        *sorted(synthetic_keys(0)),
+        *sorted(synthetic_raster_keys(0)),
         "stencil/res5.parquet",
         "train/default/manifest.json",
         "train/default/part-00000.npz",

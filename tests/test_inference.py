@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vectorgeo.encoder import EncoderConfig, build_encoder, embed
 from vectorgeo.errors import InvalidInputError
 from vectorgeo.inference import (
     assign_parts,
@@ -16,7 +17,6 @@ from vectorgeo.inference import (
     write_part,
 )
 from vectorgeo.legends import get_legend
-from vectorgeo.model import EncoderConfig, build_encoder, embed
 from vectorgeo.patch_stats import class_fractions
 from vectorgeo.raster import extract_patches, open_raster
 

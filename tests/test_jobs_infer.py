@@ -5,11 +5,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import vectorgeo.jobs.infer as infer_job
+from vectorgeo.artifacts import embeddings_part_key
+from vectorgeo.encoder import EncoderConfig, build_encoder
 from vectorgeo.errors import IncompleteOutputError, InvalidInputError, NotFoundError
-from vectorgeo.jobs.infer import finish_inference, part_key, plan_inference, run_inference
+from vectorgeo.jobs.infer import finish_inference, plan_inference, run_inference
 from vectorgeo.jobs.stencil import make_stencil
 from vectorgeo.legends import get_legend
-from vectorgeo.model import EncoderConfig, build_encoder, save_model
+from vectorgeo.model_files import save_model
 from vectorgeo.stencil import build_stencil, parse_aoi, write_stencil
 from vectorgeo.transfer import Bucket
 
@@ -65,7 +67,8 @@ def test_resume_after_a_kill_gives_one_row_per_valid_cell(setup, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _run(bucket, settings, parts)
     written = bucket.list("embeddings/m/res8/")
-    assert written == [part_key("m", 8, 0), part_key("m", 8, 1)]  # nothing half-written for part 2
+    # nothing half-written for part 2
+    assert written == [embeddings_part_key("m", 8, 0), embeddings_part_key("m", 8, 1)]
     monkeypatch.setattr(infer_job, "embed_cells", real)
 
     result = _run(bucket, settings, parts)
@@ -90,8 +93,8 @@ def test_parts_of_another_model_are_not_reused(setup):
     bucket, settings = setup
     [parts] = _plan(bucket, settings, max_iters=1)
     _run(bucket, settings, parts)
-    key = part_key("m", 8, 0)
-    other = bucket.read_bytes(part_key("m", 8, 0))
+    key = embeddings_part_key("m", 8, 0)
+    other = bucket.read_bytes(embeddings_part_key("m", 8, 0))
     bucket.upload(bucket.download("models/other.keras"), "models/m.keras")  # retrained under the same name
     assert not _run(bucket, settings, parts)["parts"][key]["skipped"]
     assert bucket.read_bytes(key) != other
@@ -138,7 +141,7 @@ def test_finish_notices_a_lost_part(setup):
     bucket, settings = setup
     [parts] = _plan(bucket, settings, max_iters=2)
     result = _run(bucket, settings, parts)
-    bucket.delete(part_key("m", 8, 1))
+    bucket.delete(embeddings_part_key("m", 8, 1))
     with pytest.raises(IncompleteOutputError, match="1 of 2 embedding parts are missing"):
         finish_inference(bucket, [result], model_filename="m.keras", h3_resolution=8, n_parts=2)
 
@@ -182,6 +185,7 @@ def test_parts_from_another_stencil_are_not_reused(setup, write_raster):
     bucket, settings = setup
     [parts] = _plan(bucket, settings, max_iters=1)
     _run(bucket, settings, parts)
-    assert _run(bucket, settings, parts)["parts"][part_key("m", 8, 0)]["skipped"]
+    assert _run(bucket, settings, parts)["parts"][embeddings_part_key("m", 8, 0)]["skipped"]
     make_stencil(bucket, h3_resolution=8, landcover=settings["landcover"], aoi=parse_aoi("-123.5,44.6,-123.3,44.8"))
-    assert not _run(bucket, settings, parts)["parts"][part_key("m", 8, 0)]["skipped"]  # same rows, other cells
+    # same rows, other cells
+    assert not _run(bucket, settings, parts)["parts"][embeddings_part_key("m", 8, 0)]["skipped"]

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 import vectorgeo.jobs.upload as upload_job
+from vectorgeo.artifacts import index_prefix
 from vectorgeo.errors import InvalidInputError
 from vectorgeo.inference import CellEmbeddings, embeddings_table, write_part
-from vectorgeo.jobs.upload import index_prefix, load_store, plan_upload
+from vectorgeo.jobs.upload import load_store, plan_upload
 from vectorgeo.transfer import Bucket
 
 N_PARTS, PER_PART, DIM = 3, 400, 8

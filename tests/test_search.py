@@ -341,3 +341,74 @@ def test_unreachable_or_empty_stores_are_unavailable(data, tmp_path):
     for kind in ("faiss", "qdrant"):
         with pytest.raises(StoreUnavailableError, match=f"store '{kind}' holds no index of model 'm' at resolution 7"):
             empty.search(Query(cells=(int(data.h3[0]),)), store=kind)
+
+
+class _CountingStore:
+    """A store whose count() takes a while and records how many threads were inside it at once."""
+
+    def __init__(self, thread_safe: bool) -> None:
+        import threading
+
+        self.thread_safe, self.inside, self.most = thread_safe, 0, 0
+        self._lock = threading.Lock()
+
+    def count(self) -> int:
+        import time
+
+        with self._lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        time.sleep(0.02)
+        with self._lock:
+            self.inside -= 1
+        return 1
+
+    def close(self) -> None:
+        pass
+
+
+def test_thread_safe_stores_are_called_at_once_and_others_one_at_a_time():
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = {"pooled": _CountingStore(thread_safe=True), "single": _CountingStore(thread_safe=False)}
+    service = SearchService({kind: (lambda s=store: s) for kind, store in stores.items()}, model="m", h3_resolution=RES)
+    for kind in stores:
+        with ThreadPoolExecutor(8) as pool:
+            reports = list(pool.map(service.health, [kind] * 16))
+        assert all(r["reachable"] and r["count"] == 1 for r in reports)
+    assert stores["pooled"].most > 1  # searched on several connections at once
+    assert stores["single"].most == 1  # one thread at a time: its one connection is never shared
+
+
+def test_threads_searching_every_store_at_once_get_the_answers_of_one_thread(service, data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cells = [int(c) for c in data.h3[::37]]
+    jobs = [(Query(cells=(c,)), SearchOptions(k=8, radius_km=20 if i % 2 else None), STORES[i % 3])
+            for i, c in enumerate(cells)]  # fmt: skip
+    alone = [service.search(q, o, store=kind) for q, o, kind in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda job: service.search(job[0], job[1], store=job[2]), jobs * 2))
+    assert together == alone * 2
+
+
+def test_a_store_that_fails_is_reopened_once_by_the_next_request(data):
+    opened = []
+
+    class Breaks(_CountingStore):
+        calls = 0
+
+        def count(self) -> int:
+            self.calls += 1
+            if len(opened) == 1 and self.calls == 3:  # the first store fails on its third call
+                raise RuntimeError("connection reset")
+            return 1
+
+    def opener():
+        opened.append(Breaks(thread_safe=True))
+        return opened[-1]
+
+    service = SearchService({"pooled": opener}, model="m", h3_resolution=RES)
+    assert service.health()["reachable"]  # opens the first store (its first call) and counts (its second)
+    assert service.health()["status"] == "unavailable"  # it fails: dropped
+    assert service.health()["reachable"] and len(opened) == 2  # the next request opens a new one

@@ -6,11 +6,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from vectorgeo.artifacts import search_prefix
 from vectorgeo.errors import InvalidInputError
 from vectorgeo.inference import CellEmbeddings, embeddings_table, write_part
 from vectorgeo.jobs.upload import write_search_sidecars
 from vectorgeo.legends import BUILTIN_LEGENDS
-from vectorgeo.search_index import SIDECAR_FILES, SearchSidecars, build_search_sidecars, search_prefix
+from vectorgeo.search_index import SIDECAR_FILES, SearchSidecars, build_search_sidecars
 from vectorgeo.transfer import Bucket
 
 DIM, N_CLASSES = 6, 3

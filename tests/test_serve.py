@@ -1,7 +1,8 @@
-"""The local server: static files of vg_site/, nothing outside it, and every API request through the Lambda handler.
+"""``vectorgeo serve`` as a real process: uvicorn workers over real sockets, the three real stores.
 
-The handler answers from a real search service over FAISS and Qdrant Edge, built by flow 04's jobs
-(``build_search_bucket`` from ``search_data``); the CLI runs as a real process.
+The server runs the CLI (``python -m vectorgeo.serve``) on indexes built by flow 04's jobs
+(``build_search_bucket``): FAISS, a Qdrant Edge shard hosted by one process for every worker, and the
+embedded PostgreSQL started once by the supervisor. Raw sockets send what ``http.client`` would refuse to.
 """
 
 from __future__ import annotations
@@ -14,23 +15,28 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h3.api.basic_int as h3i
 import numpy as np
 import pytest
 import rasterio
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from rasterio.transform import from_origin
-from search_data import CENTRE, RES, build_search_bucket, open_test_service
+from search_data import CENTRE, RES, build_search_bucket
 
-from vectorgeo.legends import BUILTIN_LEGENDS
-from vectorgeo.overview import render_overview
-from vectorgeo.serve import API_PREFIX, SITE_DIR, http_to_lambda_event, load_lambda_handler, make_server
+from vectorgeo.api import MAX_BODY_BYTES, ApiRequest, SearchAPI
+from vectorgeo.asgi import SITE_DIR
+from vectorgeo.http_protocols import MAX_HEAD_BYTES
+from vectorgeo.service_settings import ServiceSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 KINDS = ("faiss", "qdrant")
+ALL_KINDS = ("faiss", "qdrant", "pgvector")
 
 
 def write_landcover(path: Path) -> Path:
@@ -46,31 +52,47 @@ def write_landcover(path: Path) -> Path:
     return path
 
 
-def serve_command(data, landcover: Path, *extra: str) -> list[str]:
+def serve_command(data, landcover: Path, *extra: str, kinds: tuple[str, ...] = KINDS) -> list[str]:
     """``python -m vectorgeo.serve`` on the test bucket (the browser test runs it too)."""
     return [
         sys.executable, "-m", "vectorgeo.serve", "--port", "0", "--bucket", str(data.bucket.url), "--model", "m.keras",
-        "--resolution", str(RES), "--stores", ",".join(KINDS), "--data-dir", str(data.data_dir),
+        "--resolution", str(RES), "--stores", ",".join(kinds), "--data-dir", str(data.data_dir),
         "--landcover", str(landcover), "--legend", "worldcover", *extra,
     ]  # fmt: skip
 
 
 def start_cli(command: list[str], cache_dir: Path) -> tuple[subprocess.Popen, str]:
-    """Start the server process and return it with the URL it prints."""
+    """Start the server process and return it with the URL it prints; its log goes to ``cache_dir/server.log``."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VG_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = (cache_dir / "server.log").open("w")  # a pipe nobody reads would fill up and stall the server
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
+    )  # its own process group, as a service manager runs it
+    proc.log_path = cache_dir / "server.log"
     for line in proc.stdout:
         match = re.search(r"open (http://\S+/)", line)
         if match:
             return proc, match.group(1)
-    proc.wait(timeout=30)
-    raise AssertionError(f"the server printed no URL; exit {proc.returncode}: {proc.stderr.read()[-2000:]}")
+    proc.wait(timeout=60)
+    raise AssertionError(f"the server printed no URL; exit {proc.returncode}: {proc.log_path.read_text()[-3000:]}")
+
+
+def stop_cli(proc: subprocess.Popen, signum: int = signal.SIGTERM) -> str:
+    """Signal the server, wait for it to exit, and return its log."""
+    proc.send_signal(signum)
+    proc.communicate(timeout=90)
+    return proc.log_path.read_text()
+
+
+def address(base: str) -> tuple[str, int]:
+    host, port = re.match(r"http://([^:/]+):(\d+)", base).groups()
+    return host, int(port)
 
 
 def request(base: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """One raw HTTP request (the path is sent exactly as given); returns status, headers, body."""
-    host, port = re.match(r"http://([^:/]+):(\d+)", base).groups()
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    """One request on its own connection (the path is sent exactly as given); returns status, headers, body."""
+    conn = http.client.HTTPConnection(*address(base), timeout=60)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -79,20 +101,31 @@ def request(base: str, method: str, path: str, body: bytes | None = None, header
         conn.close()
 
 
-def event(method: str, path: str, query: str = "", body: str | None = None) -> dict:
-    """A function-URL event as AWS sends it, written out by hand (not by the server's own converter)."""
-    params = dict(pair.split("=", 1) for pair in query.split("&")) if query else None
-    return {
-        "version": "2.0", "rawPath": path, "rawQueryString": query, "queryStringParameters": params,
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"http": {"method": method, "path": path, "sourceIp": "127.0.0.1"}},
-        "body": body, "isBase64Encoded": False,
-    }  # fmt: skip
+def raw(base: str, data: bytes, *, head: bool = False, timeout_s: float = 10) -> tuple[int, dict, bytes, bytes]:
+    """Send raw bytes; read one answer. Returns status, headers, body, and whatever else came before the close."""
+    with socket.create_connection(address(base), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock, method="HEAD" if head else "GET")
+        response.begin()
+        body = response.read()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        rest = b""
+        if headers.get("connection") == "close":
+            while chunk := sock.recv(65536):
+                rest += chunk
+        return response.status, headers, body, rest
+
+
+def error_of(body: bytes) -> str:
+    return json.loads(body)["error"]
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return build_search_bucket(tmp_path_factory.mktemp("serve"), KINDS)
+    return build_search_bucket(tmp_path_factory.mktemp("serve"), ALL_KINDS)
 
 
 @pytest.fixture(scope="module")
@@ -101,30 +134,47 @@ def landcover(data):
 
 
 @pytest.fixture(scope="module")
-def handler_module(data):
-    module = load_lambda_handler()
-    module.configure(open_test_service(data, KINDS), cache_max_age_s=0)
-    yield module
-    module.reset_service()
+def server(data, landcover, tmp_path_factory):
+    """The CLI with two workers serving FAISS, Qdrant Edge and pgvector; yields (process, base URL)."""
+    proc, url = start_cli(
+        serve_command(data, landcover, "--workers", "2", kinds=ALL_KINDS), tmp_path_factory.mktemp("cache")
+    )
+    yield proc, url.rstrip("/")
+    stop_cli(proc)
 
 
 @pytest.fixture(scope="module")
-def base(handler_module, landcover):
-    overview = render_overview(landcover, BUILTIN_LEGENDS["worldcover"], max_px=256)
-    files = {f"overview/{name}": file for name, file in overview.files().items()}
-    server = make_server(handler_module.handler, port=0, extra_files=files)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    yield f"http://{host}:{port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+def base(server):
+    return server[1]
+
+
+@pytest.fixture(scope="module")
+def h11_base(data, landcover, tmp_path_factory):
+    """The same server with uvicorn's pure-Python parser (h11), one worker, FAISS only."""
+    command = serve_command(data, landcover, "--workers", "1", "--http", "h11", kinds=("faiss",))
+    proc, url = start_cli(command, tmp_path_factory.mktemp("cache-h11"))
+    yield url.rstrip("/")
+    stop_cli(proc)
+
+
+@pytest.fixture(scope="module")
+def api(data, tmp_path_factory):
+    """The library API on the same bucket, FAISS only (the server's process owns the Qdrant shard)."""
+    settings = ServiceSettings(bucket=data.bucket.url, cache_dir=str(tmp_path_factory.mktemp("api-cache")),
+                               model="m", h3_resolution=RES, stores=("faiss",), data_dir=str(data.data_dir),
+                               cache_max_age_s=0)  # fmt: skip
+    api = SearchAPI(settings)
+    yield api
+    api.close()
+
+
+# ---------------------------------------------------------------------------------------------------- the site
 
 
 def test_static_files_have_their_content_types(base):
     status, headers, body = request(base, "GET", "/")
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["cache-control"] == "no-cache"
     assert body == (SITE_DIR / "index.html").read_bytes() and b"vendor/leaflet/leaflet.js" in body
     for path, content_type in [
         ("/app.js", "text/javascript; charset=utf-8"),
@@ -137,10 +187,37 @@ def test_static_files_have_their_content_types(base):
         status, headers, body = request(base, "GET", path)
         assert (status, headers["content-type"]) == (200, content_type), path
         assert int(headers["content-length"]) == len(body) > 0
+        assert headers["cache-control"] == "no-cache"
     status, headers, body = request(base, "HEAD", "/app.js")
     assert status == 200 and body == b"" and int(headers["content-length"]) == (SITE_DIR / "app.js").stat().st_size
-    assert request(base, "GET", "/no-such-file.js")[0] == 404
-    assert request(base, "POST", "/index.html", b"{}")[0] == 405
+    status, headers, body = request(base, "GET", "/no-such-file.js")
+    assert (status, headers["content-type"]) == (404, "application/json")
+    assert error_of(body) == "no file /no-such-file.js in the map's site"
+
+
+def test_the_overview_describes_the_land_cover(base, landcover):
+    status, _, body = request(base, "GET", "/overview/landcover.json")
+    meta = json.loads(body)
+    assert status == 200 and meta["legend"] == "worldcover" and meta["source"] == str(landcover)
+    assert {c["name"] for c in meta["classes"]} == {"Tree cover", "Cropland", "Permanent water bodies", "Built-up"}
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_other_methods_on_files_are_405_with_allow(base, method):
+    status, headers, body = request(base, method, "/index.html", b"{}")
+    assert (status, headers["allow"], headers["content-type"]) == (405, "GET, HEAD", "application/json")
+    assert error_of(body) == "/index.html is a file of the map: only GET, HEAD are allowed"
+
+
+@pytest.mark.parametrize("method", ["BREW", "get"])
+def test_unknown_methods_are_refused_in_json(base, h11_base, method):
+    status, headers, body = request(base, method, "/index.html")  # httptools knows HTTP's methods only
+    assert (status, headers["content-type"]) == (400, "application/json")
+    assert error_of(body).startswith("malformed HTTP request")
+    status, headers, body = request(h11_base, method, "/index.html")  # h11 takes any token
+    assert (status, headers["allow"], headers["content-type"]) == (405, "GET, HEAD", "application/json")
+    status, headers, body = request(h11_base, "BREW", "/api/search")  # the API's own 405
+    assert (status, headers["allow"]) == (405, "GET, POST") and error_of(body).startswith("method BREW")
 
 
 @pytest.mark.parametrize(
@@ -154,103 +231,240 @@ def test_static_files_have_their_content_types(base):
         "//etc/passwd",
         "/index.html%00.png",
         "/vendor/",
+        "/" + "a" * 5000,  # a file name too long for the file system
     ],
 )
 def test_paths_outside_the_site_are_refused(base, path):
-    status, _, body = request(base, "GET", path)
-    assert status == 404 and body == b"not found\n"
+    status, headers, body = request(base, "GET", path)
+    assert (status, headers["content-type"]) == (404, "application/json")
+    assert error_of(body).startswith("no file ")
+
+
+# ------------------------------------------------------------------------------------------------------ the API
+
+
+def _cell(data, i: int) -> str:
+    return h3i.int_to_str(int(data.h3[i]))
 
 
 ROUTES = [
-    ("GET", "/search", f"lat={CENTRE[0]}&lng={CENTRE[1]}&k=7", None),
-    ("GET", "/search", f"lat={CENTRE[0]}&lng={CENTRE[1]}&k=5&radius_km=8&store=qdrant&min_separation_km=3", None),
-    ("POST", "/search", "", None),  # body: the positive cells, filled in below
-    ("GET", "/cell", f"h3={h3i.int_to_str(h3i.latlng_to_cell(*CENTRE, RES))}", None),
-    ("GET", "/health", "store=qdrant", None),
-    ("GET", "/openapi.json", "", None),
+    ("GET", "/search", f"lat={CENTRE[0]}&lng={CENTRE[1]}&k=7"),
+    ("GET", "/search", f"lat={CENTRE[0]}&lng={CENTRE[1]}&k=5&radius_km=8&min_separation_km=3"),
+    ("POST", "/search", ""),  # body: positive cells, filled in below
+    ("GET", "/cell", f"h3={h3i.int_to_str(h3i.latlng_to_cell(*CENTRE, RES))}"),
+    ("GET", "/openapi.json", ""),
+    ("GET", "/nowhere", ""),
+    ("DELETE", "/search", ""),
+    ("OPTIONS", "/search", ""),
+    ("GET", "/search", "lat=44.6&lon=-123.9"),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "query", "body"), ROUTES)
-def test_api_requests_get_the_handlers_own_answer(base, handler_module, data, method, path, query, body):
+@pytest.mark.parametrize(("method", "path", "query"), ROUTES)
+def test_api_requests_get_the_apis_own_answer(base, api, data, method, path, query):
+    body = b""
     if method == "POST":
-        body = json.dumps({"positive": [h3i.int_to_str(int(c)) for c in data.h3[5:8]], "k": 4})
-    direct = handler_module.handler(event(method, path, query, body), None)
-    url = API_PREFIX + path + (f"?{query}" if query else "")
-    status, headers, served = request(base, method, url, body.encode() if body else None)
-    assert status == direct["statusCode"] == 200
-    assert served == direct["body"].encode()
-    for name, value in direct["headers"].items():
+        body = json.dumps({"positive": [_cell(data, i) for i in (5, 6, 7)], "k": 4}).encode()
+    direct = api.handle(ApiRequest(method, path, query, body=body))
+    status, headers, served = request(base, method, "/api" + path + (f"?{query}" if query else ""), body or None)
+    assert (status, served) == (direct.status, direct.body)
+    for name, value in direct.headers.items():
         assert headers[name.lower()] == value
-    if path == "/search":
-        answer = json.loads(served)
-        assert answer["type"] == "FeatureCollection" and len(answer["features"]) == answer["k"]
+    assert re.fullmatch(r"api;dur=[\d.]+, cpu;dur=[\d.]+", headers["server-timing"])
+    if status >= 400:
+        assert headers["content-type"] == "application/json" and error_of(served)
 
 
-@pytest.mark.parametrize(
-    ("method", "url", "status", "message"),
-    [
-        ("GET", f"/search?lat={CENTRE[0]}&lng={CENTRE[1]}&k=5000", 400, "k must be an integer between 1 and 1000"),
-        ("GET", "/search?lat=44.6&lon=-123.9", 400, "unknown parameter 'lon' (longitude is 'lng')"),
-        ("GET", "/search?lat=0&lng=0", 404, "is not in the index"),
-        ("GET", "/search?h3=zz", 400, "h3 must be an H3 cell id string"),
-        ("GET", "/health?store=milvus", 400, "unknown store 'milvus'"),
-        ("POST", "/health", 405, "method POST is not allowed on /health"),
-        ("GET", "/nowhere", 404, "no route '/nowhere'"),
-    ],
-)
-def test_errors_pass_through_as_json(base, method, url, status, message):
-    got, headers, body = request(base, method, API_PREFIX + url, b"" if method == "POST" else None)
-    assert got == status and headers["content-type"] == "application/json"
-    assert message in json.loads(body)["error"]
+def test_head_on_the_api_is_get_without_a_body(base):
+    query = f"/api/search?lat={CENTRE[0]}&lng={CENTRE[1]}&k=3"
+    status, _, body = request(base, "GET", query)
+    head_status, head_headers, head_body = request(base, "HEAD", query)
+    assert (head_status, head_body, head_headers["content-length"]) == (status, b"", str(len(body)))
 
 
-@pytest.mark.parametrize(
-    ("length", "status", "message"),
-    [(str(6 * 1024 * 1024 + 1), 413, "the limit is 6291456"), ("-5", 400, "Content-Length must be a byte count")],
-)
-def test_bad_body_lengths_are_refused_unread(base, length, status, message):
-    host, port = re.match(r"http://([^:/]+):(\d+)", base).groups()
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    conn.putrequest("POST", API_PREFIX + "/search")
-    conn.putheader("Content-Length", length)  # announced, never sent: the server must not wait for it
+def test_a_chunked_body_is_read(base, data):
+    payload = json.dumps({"positive": [_cell(data, 9)], "k": 3}).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (payload[:10], payload[10:])) + b"0\r\n\r\n"
+    head = b"POST /api/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, _, body, _ = raw(base, head + chunks)
+    assert status == 200 and len(json.loads(body)["features"]) == 3
+
+
+def test_bodies_over_the_limit_are_413_unread(base):
+    conn = http.client.HTTPConnection(*address(base), timeout=30)
+    conn.putrequest("POST", "/api/search")
+    conn.putheader("Content-Length", str(MAX_BODY_BYTES + 1))  # announced, never sent: the server must not wait
     conn.endheaders()
     response = conn.getresponse()
-    assert response.status == status and message in json.loads(response.read())["error"]
+    assert (response.status, response.getheader("connection")) == (413, "close")
+    assert error_of(response.read()) == f"the body is {MAX_BODY_BYTES + 1} bytes; at most {MAX_BODY_BYTES}"
     conn.close()
+    chunk = b"x" * 65536
+    chunks = [*[chunk] * (MAX_BODY_BYTES // len(chunk)), b"x"]  # one byte over, and no last chunk: all of it is read
+    head = b"POST /api/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, headers, body, _ = raw(base, head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks))
+    assert (status, headers["connection"]) == (413, "close")
+    assert error_of(body) == f"the body is over {MAX_BODY_BYTES} bytes; at most {MAX_BODY_BYTES}"
 
 
-def test_requests_become_payload_v2_events():
-    got = http_to_lambda_event(
-        "POST", "/search", "k=3&h3=a&h3=b&x=", {"Content-Type": "application/json"}, b"\xff\x00", "10.0.0.1"
-    )
-    assert got["rawPath"] == got["requestContext"]["http"]["path"] == "/search"
-    assert got["queryStringParameters"] == {"k": "3", "h3": "a,b", "x": ""}  # repeated keys join as on AWS
-    assert got["headers"] == {"content-type": "application/json"} and got["requestContext"]["http"]["method"] == "POST"
-    assert (got["body"], got["isBase64Encoded"]) == ("/wA=", True)
-    assert http_to_lambda_event("GET", "/health", "", {}, b"", "::1")["body"] is None
+def test_a_body_left_unread_is_never_taken_for_a_request(base):
+    inner = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = f"POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: {len(inner)}\r\n\r\n".encode()
+    status, headers, _, rest = raw(base, head + inner)
+    assert (status, headers["connection"]) == (405, "close")
+    assert rest == b""  # the server closed the connection: no second answer
 
 
-def test_the_cli_serves_until_terminated_and_refuses_a_taken_port(data, landcover, tmp_path):
-    proc, url = start_cli(serve_command(data, landcover), tmp_path / "cache")
+# --------------------------------------------------------------------------------------------- malformed HTTP
+
+MALFORMED = [
+    b"garbage\r\n\r\n",
+    b"GET\r\n\r\n",
+    b"GET / HTTQ/1.1\r\nHost: x\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n: no name\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-\x01: y\r\n\r\n",
+    b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n",
+    b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"POST /api/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 1),  # no end: refused once past the limit
+]
+
+
+@pytest.mark.parametrize("message", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_http_is_a_400_in_json(base, h11_base, message):
+    for server in (base, h11_base):  # uvicorn's parsers: httptools (the default) and h11
+        status, headers, body, _ = raw(server, message)
+        assert (status, headers["content-type"], headers["connection"]) == (400, "application/json", "close")
+        assert error_of(body).startswith("malformed HTTP request")
+
+
+_TOKEN = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=10)
+_METHODS = st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"]) | _TOKEN
+_PATH_CHARS = st.characters(min_codepoint=0, max_codepoint=255, blacklist_characters="\r\n")
+_PREFIXES = st.sampled_from(["/", "/api/", "/vendor/", "*", "http://x/", ""])
+_PATHS = st.one_of(
+    st.sampled_from(["/", "/api", "/api/", "/api/search", "/api/health", "/api/cell", "/index.html", "/overview/"]),
+    st.builds(lambda prefix, rest: prefix + rest, _PREFIXES, st.text(_PATH_CHARS, max_size=40)),
+)
+_VERSIONS = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1", "http/1.1", ""])
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(method=_METHODS, path=_PATHS, version=_VERSIONS, body=st.binary(max_size=64))
+@example(method="GET", path="/api/search?lat=1e999&lng=nan&k=-1", version="HTTP/1.1", body=b"")
+@example(method="POST", path="/api/search", version="HTTP/1.1", body=b"\xff\xfe{")
+def test_fuzzed_requests_always_get_a_json_answer_or_a_file(base, method, path, version, body):
+    line = " ".join(part for part in (method, path, version) if part).encode("latin-1")
+    data = line + b"\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    status, headers, answer, _ = raw(base, data, head=method == "HEAD")
+    assert 200 <= status < 500, (data, status, answer[:300])
+    if status >= 300:
+        assert headers["content-type"] == "application/json", data
+        assert method == "HEAD" or json.loads(answer)["error"]
+
+
+# ------------------------------------------------------------------------------------------ workers and stores
+
+
+def _search(base: str, store: str, cell: str) -> tuple[int, list[str]]:
+    status, _, body = request(base, "GET", f"/api/search?h3={cell}&k=5&store={store}")
+    return status, [f["properties"]["h3"] for f in json.loads(body).get("features", [])]
+
+
+def test_workers_answer_at_once_from_every_store(server, data):
+    proc, base = server
+    cells = [_cell(data, i) for i in range(0, 240, 12)]
+    with ThreadPoolExecutor(12) as pool:  # a fresh connection per request: both workers take some
+        answers = list(pool.map(lambda job: (job, _search(base, *job)), [(s, c) for c in cells for s in ALL_KINDS]))
+    assert all(status == 200 for _, (status, _) in answers)
+    by_cell = {}
+    for (store, cell), (_, found) in answers:
+        by_cell.setdefault(cell, {})[store] = found
+    for cell, found in by_cell.items():  # exact search on a small index: every store agrees
+        assert found["qdrant"] == found["pgvector"] == found["faiss"], cell
+    log = proc.log_path.read_text()
+    assert log.count("uvicorn.error: Started server process") == 2
+    assert log.count("opened Qdrant Edge shard") == 1  # by the host only; each worker opened its client at start
+    assert "not reachable" not in log and "cannot open store" not in log
+
+
+def test_a_worker_that_dies_is_replaced(server, data):
+    proc, base = server
+    pids = [int(p) for p in re.findall(r"Started server process \[(\d+)\]", proc.log_path.read_text())]
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(re.findall(r"Started server process", proc.log_path.read_text())) < 3:
+        time.sleep(0.2)
+    log = proc.log_path.read_text()
+    assert f"worker {pids[0]} exited (code -9); starting another" in log
+    assert all(_search(base, store, _cell(data, 3))[0] == 200 for store in ALL_KINDS for _ in range(4))
+
+
+def test_a_taken_port_is_a_clear_error(data, landcover, base):
+    port = str(address(base)[1])
+    command = serve_command(data, landcover)
+    command[command.index("--port") + 1] = port
+    taken = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 1
+    assert f"vectorgeo serve: port {port} on 127.0.0.1 is already in use; pass --port N (or --port 0)" in taken.stderr
+
+
+def _postmaster_pid(cluster: Path) -> int | None:
     try:
-        status, _, body = request(url, "GET", API_PREFIX + "/health")
-        health = json.loads(body)
-        assert status == 200 and (health["model"], health["stores"]) == ("m", list(KINDS))
-        assert health["count"] == len(data.h3)
-        status, _, body = request(url, "GET", "/overview/landcover.json")
-        meta = json.loads(body)
-        assert status == 200 and meta["legend"] == "worldcover" and meta["source"] == str(landcover)
-        assert {c["name"] for c in meta["classes"]} == {"Tree cover", "Cropland", "Permanent water bodies", "Built-up"}
-        port = re.search(r":(\d+)/", url).group(1)
-        taken = subprocess.run(
-            [*serve_command(data, landcover)[:3], "--port", port], cwd=REPO_ROOT, capture_output=True, text=True
-        )
-        assert taken.returncode == 1 and f"port {port} on 127.0.0.1 is already in use" in taken.stderr
-    finally:
+        return int((cluster / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie left for an init that does not reap it has stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["SIGTERM to the server", "Ctrl-C to its process group"])
+def test_a_stop_lets_requests_in_flight_finish_then_stops_postgres_and_the_shard(tmp_path, group):
+    lone = build_search_bucket(tmp_path / "lone", ("qdrant", "pgvector"))  # its own PostgreSQL cluster
+    landcover = write_landcover(tmp_path / "landcover.tif")
+    proc, base = start_cli(serve_command(lone, landcover, "--workers", "2", kinds=("qdrant", "pgvector")),
+                           tmp_path / "cache")  # fmt: skip
+    postmaster = _postmaster_pid(lone.data_dir / "postgres")
+    assert postmaster is not None and _alive(postmaster)
+    in_flight = []
+    for store in ("qdrant", "pgvector", "qdrant", "pgvector"):
+        body = json.dumps({"positive": [h3i.int_to_str(int(lone.h3[0]))], "k": 3, "store": store}).encode()
+        conn = http.client.HTTPConnection(*address(base), timeout=60)
+        conn.putrequest("POST", "/api/search")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body[:5])  # the rest comes after the stop: a worker is waiting for it meanwhile
+        in_flight.append((conn, body))
+    time.sleep(0.5)
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the shard's host ignores it
+    else:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "VectorGeo: stopping" in err
+    time.sleep(1.0)
+    assert proc.poll() is None and _alive(postmaster)  # still waiting for the requests in flight
+    for conn, body in in_flight:
+        conn.send(body[5:])
+        response = conn.getresponse()
+        assert response.status == 200 and len(json.loads(response.read())["features"]) == 3
+        conn.close()
+    proc.communicate(timeout=90)
+    log = proc.log_path.read_text()
+    assert proc.returncode == 0 and "VectorGeo: stopping" in log
+    assert "stopped PostgreSQL" in log and not _alive(postmaster)
+    from vectorgeo.stores.qdrant import QdrantEdgeStore
+
+    shard = QdrantEdgeStore(lone.data_dir / "qdrant" / "m_res7")  # the host closed it: it opens here
+    assert shard.count() == len(lone.h3)
+    shard.close()
 
 
 def test_the_cli_writes_the_overview_for_a_static_site(data, landcover, tmp_path):
@@ -263,27 +477,3 @@ def test_the_cli_writes_the_overview_for_a_static_site(data, landcover, tmp_path
     meta = json.loads((out / "landcover.json").read_text())
     assert max(meta["width"], meta["height"]) == 128
     assert (out / "landcover.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-
-
-@pytest.mark.parametrize(
-    ("head", "status"),
-    [
-        ("POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n", 405),
-        ("POST /api/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n", 411),
-    ],
-    ids=["unread-body", "chunked"],
-)
-def test_a_body_left_unread_is_never_taken_for_a_request(base, head, status):
-    host, port = re.match(r"http://([^:/]+):(\d+)", base).groups()
-    inner = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(head.format(n=len(inner)).encode() + inner)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
-    assert answer.count(b"HTTP/1.1 ") == 1, answer  # the server closed the connection: no second answer
-
-
-def test_a_file_name_too_long_is_a_404(base):
-    assert request(base, "GET", "/" + "a" * 5000)[0] == 404

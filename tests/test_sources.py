@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from vectorgeo.artifacts import synthetic_raster_keys
 from vectorgeo.errors import RasterAccessError
-from vectorgeo.sources import resolve_rasters, synthetic_keys
+from vectorgeo.sources import resolve_rasters
 from vectorgeo.transfer import Bucket
 
 
@@ -14,7 +15,7 @@ def bucket(tmp_path):
 
 def test_synthetic_default_is_generated_once_into_the_bucket(bucket, monkeypatch):
     first = resolve_rasters(bucket, synthetic_seed=0)
-    lc_key, dem_key = synthetic_keys(0)
+    lc_key, dem_key = synthetic_raster_keys(0)
     assert bucket.exists(lc_key) and bucket.exists(dem_key)
     assert first.source == "synthetic (seed 0)" and first.dem is None
     with rasterio.open(first.landcover) as ds:

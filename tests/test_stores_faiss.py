@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,7 +246,7 @@ def test_search_before_finish_load_is_exact(tmp_path):
 
 def test_persistence(flat, tmp_path):
     again = FaissStore(flat.directory, exact_max_rows=0)
-    assert isinstance(again._vectors, np.memmap)
+    assert isinstance(again._vectors.base, np.memmap) and not again._vectors.flags.writeable
     assert again.count() == N
     for q in QUERIES[:10]:
         assert again.search(q, K) == flat.search(q, K)
@@ -253,6 +254,43 @@ def test_persistence(flat, tmp_path):
     h = int(DATA["h3"][10])
     np.testing.assert_array_equal(again.fetch(h)[0], flat.fetch(h)[0])
     again.close()
+
+
+def _mapped(path) -> list[str]:
+    """Permissions of this process's memory maps of ``path`` (Linux /proc)."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    return [line.split()[1] for line in lines if line.endswith(" " + str(path))]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_index_is_mapped_read_only_and_answers_as_when_read_into_memory(kind, tmp_path, monkeypatch):
+    sizes = {"flat": {}, "hnsw": {"flat_max_rows": 1000}, "ivfpq": {"flat_max_rows": 100, "ivfpq_min_rows": 1000}}
+    _load(tmp_path, exact_max_rows=0, **sizes[kind]).close()
+    mapped = FaissStore(tmp_path, exact_max_rows=0)
+    assert json.loads((tmp_path / "metadata.json").read_text())["index"]["type"] == kind
+    index_maps = _mapped((tmp_path / "index.faiss").resolve())
+    assert index_maps and all("w" not in perms for perms in index_maps)  # shared by processes, never written
+    assert all("w" not in perms for perms in _mapped((tmp_path / "vectors.npy").resolve()))
+    monkeypatch.setattr(faiss_store, "_read_index", lambda faiss, path: faiss.read_index(str(path)))
+    in_memory = FaissStore(tmp_path, exact_max_rows=0)
+    for q in QUERIES[:20]:
+        assert mapped.search(q, K) == in_memory.search(q, K)
+        assert mapped.search(q, K, geo=GEOS[1]) == in_memory.search(q, K, geo=GEOS[1])
+    mapped.close()
+    in_memory.close()
+
+
+def test_threads_search_at_once(hnsw):
+    """Reads are thread-safe: 8 threads searching together get what one thread gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert FaissStore.thread_safe
+    jobs = [(q, GEOS[i % 2] if i % 3 == 0 else None) for i, q in enumerate(QUERIES)] * 4
+    alone = [hnsw.search(q, K, geo=geo) for q, geo in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda job: hnsw.search(job[0], K, geo=job[1]), jobs))
+    assert together == alone
 
 
 def test_is_current(flat, tmp_path):

@@ -304,7 +304,8 @@ def test_generated_grid_column_matches_python(store, data):
     """PostgreSQL's geo_cell is the key vectorgeo.stores.geogrid computes, so coverings never miss a row."""
     from vectorgeo.stores.geogrid import geo_cells
 
-    rows = store._conn.execute("SELECT h3, geo_cell FROM vg_main").fetchall()
+    with store.connection() as conn:
+        rows = conn.execute("SELECT h3, geo_cell FROM vg_main").fetchall()
     ids = np.asarray([r[0] for r in rows], np.int64).view(np.uint64).tolist()
     got = dict(zip(ids, [r[1] for r in rows], strict=True))
     expected = geo_cells(data["lat"], data["lng"])
@@ -389,9 +390,11 @@ def test_table_from_the_previous_version_searches_before_and_after_its_upgrade(p
     expected = [int(h) for h in subset["h3"][mask][np.argsort(-(subset["vectors"][mask] @ query), kind="stable")][:K]]
     with PgVectorStore(pg_url, "vg_prev") as prev:
         assert [m.h3 for m in prev.search(query, K, geo=geo)] == expected  # haversine only
-        assert not prev._has_unit_vectors()
+        with prev.connection() as conn:
+            assert not prev._has_unit_vectors(conn)
         prev.create(DIM)  # adds ux, uy, uz in one rewrite
-        assert prev._has_unit_vectors()
+        with prev.connection() as conn:
+            assert prev._has_unit_vectors(conn)
         assert [m.h3 for m in prev.search(query, K, geo=geo)] == expected
 
 
@@ -406,5 +409,82 @@ def test_maintenance_work_mem_is_configurable(pg_url, data, tmp_path, caplog):
         store.create(DIM, wipe=True)
         store.upsert(data["h3"][:200], data["lat"][:200], data["lng"][:200], data["vectors"][:200])
         store.finish_load()
-        assert store._conn.execute("SHOW maintenance_work_mem").fetchone()[0] != "96MB"  # reset after the build
+        with store.connection() as conn:  # the pool's one connection: the one the build used
+            assert conn.execute("SHOW maintenance_work_mem").fetchone()[0] != "96MB"  # reset after the build
     assert "maintenance_work_mem=96MB" in caplog.text
+
+
+def test_threads_search_at_once_on_pooled_connections(store, data):
+    """8 threads searching together get what one thread gets alone, on several connections of the pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    geos = [None, GeoFilter(lat=0.0, lng=0.0, radius_km=2000), GeoFilter(bbox=(-120.0, -60.0, 100.0, 50.0))]
+    jobs = [(q, geos[i % 3], tuple(_brute(data, q, 1)[0]) if i % 4 == 0 else ()) for i, q in enumerate(data["queries"])]
+    alone = [store.search(q, K, geo=geo, exclude=ex) for q, geo, ex in jobs]
+    assert PgVectorStore.thread_safe
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda job: store.search(job[0], K, geo=job[1], exclude=job[2]), jobs * 3))
+        fetched = list(pool.map(store.fetch, [int(h) for h in data["h3"][:40]]))
+    assert together == alone * 3
+    assert all(np.array_equal(v, data["vectors"][i]) for i, (v, _, _) in enumerate(fetched))
+    assert 1 < store._pool_here().get_stats()["pool_size"] <= 8  # opened as demand grew, within the cap
+
+
+def _kill_connections(pg_url: str, table: str) -> int:
+    """Terminate every server process serving a store of ``table`` (their pools see dead connections)."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [f"vectorgeo {table}"]
+        ).fetchall()
+    return len(rows)
+
+
+def test_a_dead_connection_is_replaced(pg_url, data, caplog):
+    with PgVectorStore(pg_url, "vg_dead", pool_min_size=2, pool_max_size=2) as s:
+        s.create(DIM, wipe=True)
+        s.upsert(data["h3"][:300], data["lat"][:300], data["lng"][:300], data["vectors"][:300])
+        q = data["vectors"][7]
+        want = s.search(q, K)
+        assert _kill_connections(pg_url, "vg_dead") == 2  # the whole pool: the server restarted, say
+        with caplog.at_level(logging.WARNING, logger="vectorgeo.stores.pgvector"):
+            assert s.search(q, K) == want  # the dead one is noticed, the pool checked, the search run again
+            assert s.fetch(int(data["h3"][7]))[0].tobytes() == data["vectors"][7].tobytes()
+        assert "connection was lost" in caplog.text
+        assert s.count() == 300
+
+
+def test_a_stopped_server_is_unavailable_and_a_closed_store_says_so(tmp_path, data):
+    from vectorgeo.errors import StoreUnavailableError
+
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    s = PgVectorStore(server.url, "vg_gone", pool_timeout_s=2)
+    s.create(DIM)
+    server.stop()
+    with pytest.raises(StoreUnavailableError, match=r"PostgreSQL at 127\.0\.0\.1"):
+        s.search(data["vectors"][0], K)
+    s.close()
+    with pytest.raises(StoreUnavailableError, match="is closed; open a new one"):
+        s.count()
+
+
+def test_a_forked_child_opens_its_own_pool(store, data):
+    """After fork the child searches on new connections; the parent's pool is untouched and keeps working."""
+    import os
+
+    q = data["queries"][3]
+    want = [m.h3 for m in store.search(q, K)]
+    parent_pool = store._pool_here()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        ok = False
+        try:
+            ok = store._pool is None and [m.h3 for m in store.search(q, K)] == want
+            ok = ok and store._pool_here() is not parent_pool
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._pool_here() is parent_pool and [m.h3 for m in store.search(q, K)] == want

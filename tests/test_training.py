@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from vectorgeo.encoder import EncoderConfig, build_encoder, embed
 from vectorgeo.errors import InvalidInputError
-from vectorgeo.model import EncoderConfig, build_encoder, embed
 from vectorgeo.training import TrainingParams, dem_stats, train_encoder
 from vectorgeo.views import dihedral, make_views
 

@@ -15,13 +15,14 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.test_flows import FLOW_01, FLOW_02, _run
+from vectorgeo.artifacts import tuning_keys
+from vectorgeo.encoder import ENCODER_DEFAULTS
 from vectorgeo.errors import InvalidInputError, NotFoundError
 from vectorgeo.holdout import HOLDOUT, patch_held_out, patch_on_validation
-from vectorgeo.jobs.train import ENCODER_DEFAULTS
 from vectorgeo.jobs.tune import plan_trials, run_trials
 from vectorgeo.legends import get_legend
 from vectorgeo.raster import open_raster
-from vectorgeo.studies import open_study, resolve_storage, trial_specs, tuning_keys
+from vectorgeo.studies import open_study, resolve_storage, trial_specs
 from vectorgeo.training import TrainingParams
 from vectorgeo.transfer import Bucket
 from vectorgeo.tuning import (

@@ -98,7 +98,7 @@ def embed_cells(
     release the GIL), so reading does not stall the model, least of all a GPU.
 
     Args:
-        encoder: Keras encoder from :func:`vectorgeo.model.load_model`.
+        encoder: Keras encoder from :func:`vectorgeo.model_files.load_model`.
         landcover: Open land-cover raster.
         legend: Its legend (must match the model's).
         lat: Cell-centre latitudes, degrees.
@@ -112,7 +112,7 @@ def embed_cells(
     Returns:
         :class:`CellEmbeddings`.
     """
-    from vectorgeo.model import embed
+    from vectorgeo.encoder import embed
 
     if use_dem and dem is None:
         raise InvalidInputError("this model reads a DEM channel, but no DEM was given; set --dem / VG_DEM")

@@ -26,10 +26,11 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rasterio.warp import reproject, transform, transform_bounds
 
+from vectorgeo.artifacts import synthetic_raster_keys
 from vectorgeo.errors import InvalidInputError, RasterAccessError
 from vectorgeo.legends import NODATA_INDEX, Legend
 from vectorgeo.raster import open_raster
-from vectorgeo.sources import resolve_legend, resolve_rasters, synthetic_keys
+from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.transfer import Bucket
 
 __all__ = ["Overview", "bucket_overview", "render_overview", "write_overview"]
@@ -199,7 +200,7 @@ def bucket_overview(
         None when ``landcover`` is empty and the bucket holds no synthetic default: a
         server never generates rasters into a bucket.
     """
-    if not landcover and not bucket.exists(synthetic_keys(synthetic_seed)[0]):
+    if not landcover and not bucket.exists(synthetic_raster_keys(synthetic_seed)[0]):
         logger.warning("no land-cover raster in %s (run flow 00 first); the map has no land-cover layer", bucket.url)
         return None
     rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)

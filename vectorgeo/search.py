@@ -22,17 +22,19 @@ Lambda zip holds none of them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import h3.api.basic_int as h3i
 import numpy as np
 
+from vectorgeo.artifacts import collection_name, index_prefix, search_prefix
 from vectorgeo.errors import (
     BucketKeyNotFoundError,
     InvalidInputError,
@@ -41,7 +43,7 @@ from vectorgeo.errors import (
     VectorGeoError,
 )
 from vectorgeo.geodesy import HALF_CIRCUMFERENCE_KM, haversine_m
-from vectorgeo.search_index import SIDECAR_FILES, SearchSidecars, index_prefix, search_prefix
+from vectorgeo.search_index import SIDECAR_FILES, SearchSidecars
 from vectorgeo.stores import STORE_KINDS, GeoFilter, Match, VectorStore, open_store
 from vectorgeo.transfer import Bucket
 
@@ -73,11 +75,7 @@ DEFAULT_ALPHA = 0.5
 TOP_CLASSES = 5
 """Classes listed in each result's explanation."""
 _OVERFETCH = 4
-
-
-def collection_name(model: str, h3_resolution: int) -> str:
-    """Flow 04's default Qdrant collection / pgvector table: ``{model}_res{R}`` as a safe identifier."""
-    return re.sub(r"[^a-z0-9_]", "_", f"{model}_res{h3_resolution}".lower())
+_CHUNK = 1024  # matches tested against every query cell at once by the exclusion filter
 
 
 def cell_from_string(text: str, what: str = "h3") -> int:
@@ -202,6 +200,10 @@ class SearchOptions:
             raise InvalidInputError(f"include_query must be true or false, got {quoted(self.include_query)}")
 
 
+_OPTION_NAMES = tuple(f.name for f in fields(SearchOptions) if f.name != "k")
+"""The options an answer echoes (``k`` has its own member)."""
+
+
 @dataclass(frozen=True)
 class _Resolved:
     """A query made concrete: its unit vector, its cells and their centres, its centre."""
@@ -244,6 +246,7 @@ class SearchService:
         self.h3_resolution = int(h3_resolution)
         self.sidecars = sidecars
         self._open: dict[str, VectorStore] = {}
+        # one lock per store kind: held while opening it, and around every call of a store that is not thread-safe
         self._locks = {kind: threading.Lock() for kind in self._openers}
 
     @property
@@ -265,31 +268,35 @@ class SearchService:
         kind = self._kind(store)
         resolved = self._resolve(kind, query)
         matches, examined = self._nearest(kind, resolved, options)
-        h3 = np.array([m.h3 for m in matches], np.uint64)
-        scores = np.array([m.score for m in matches], np.float64)
+        # one vectorised pass per answer over all matches, then plain Python to build the features
+        n = len(matches)
+        cells = [m.h3 for m in matches]
+        scores = np.fromiter((m.score for m in matches), np.float64, n)
+        lat = np.fromiter((m.lat for m in matches), np.float64, n)
+        lng = np.fromiter((m.lng for m in matches), np.float64, n)
         percentiles = self.sidecars.percentile(scores) if self.sidecars else None
         query_attrs = self._mean_attributes(np.array(resolved.cells, np.uint64)) if resolved.cells else None
-        explanations = self._explanations(h3, query_attrs)
-        lat = np.array([m.lat for m in matches], np.float64)
-        lng = np.array([m.lng for m in matches], np.float64)
-        distances = [None] * len(matches)  # one vectorised pass per answer, not one per match
-        if resolved.centre is not None and len(matches):
+        explanations = self._explanations(np.array(cells, np.uint64), query_attrs)
+        distances = [None] * n
+        if resolved.centre is not None and n:
             distances = np.round(haversine_m(resolved.centre[0], resolved.centre[1], lat, lng) / 1000, 3).tolist()
         rounded_scores = np.round(scores, 6).tolist()
-        rounded_percentiles = [None] * len(matches) if percentiles is None else np.round(percentiles, 3).tolist()
+        rounded_percentiles = [None] * n if percentiles is None else np.round(percentiles, 3).tolist()
         features = []
-        for rank, m in enumerate(matches):
+        rings = _rings(cells)
+        for rank, (cell, la, ln) in enumerate(zip(cells, lat.tolist(), lng.tolist(), strict=True)):
+            name = h3i.int_to_str(cell)
             properties = {
-                "h3": h3i.int_to_str(m.h3),
+                "h3": name,
                 "rank": rank + 1,
                 "score": rounded_scores[rank],
                 "percentile": rounded_percentiles[rank],
                 "distance_km": distances[rank],
-                "lat": float(m.lat),
-                "lng": float(m.lng),
+                "lat": la,
+                "lng": ln,
                 "explanation": explanations[rank],
             }
-            features.append(_feature(m.h3, properties))
+            features.append(_feature(name, rings[rank], properties))
         return {
             "type": "FeatureCollection",
             "features": features,
@@ -298,7 +305,7 @@ class SearchService:
             "model": self.model,
             "resolution": self.h3_resolution,
             "k": int(options.k),
-            "options": {key: value for key, value in asdict(options).items() if key != "k"},
+            "options": {key: getattr(options, key) for key in _OPTION_NAMES},
             "n_candidates": examined,
         }
 
@@ -331,7 +338,7 @@ class SearchService:
             "store": kind,
             "model": self.model,
         }
-        return _feature(cell, properties)
+        return _feature(properties["h3"], _rings([cell])[0], properties)
 
     def health(self, store: str | None = None) -> dict:
         """Whether a store answers, how many cells it holds, and whether calibration and attributes are loaded.
@@ -363,8 +370,7 @@ class SearchService:
     def close(self) -> None:
         """Close every store opened so far (an embedded PostgreSQL is stopped)."""
         for kind in list(self._open):
-            with self._locks[kind]:
-                self._drop(kind)
+            self._drop(kind)
 
     # ------------------------------------------------------------------ stores
 
@@ -377,12 +383,19 @@ class SearchService:
         return kind
 
     def _store(self, kind: str) -> VectorStore:
-        """The open store of this kind, opened now if need be (called with its lock held).
+        """The open store of this kind, opened now (once, under its lock) if need be.
 
         Any failure to open is the deployment's, not the request's: a 503, logged in full here.
         """
-        if kind in self._open:
-            return self._open[kind]
+        vs = self._open.get(kind)
+        if vs is not None:
+            return vs
+        with self._locks[kind]:
+            if kind in self._open:  # another thread opened it while this one waited
+                return self._open[kind]
+            return self._open_store(kind)
+
+    def _open_store(self, kind: str) -> VectorStore:
         vs = None
         try:
             vs = self._openers[kind]()
@@ -401,27 +414,35 @@ class SearchService:
         return vs
 
     def _call(self, kind: str, fn: Callable[[VectorStore], object]):
-        """Run ``fn`` on the store under its lock; a failure of the store itself (not of the request) is a 503.
+        """Run ``fn`` on the store; a failure of the store itself (not of the request) is a 503.
 
-        The lock covers the store call only (a connection or an engine handle is not shared by two threads at
-        once); resolving, post-filtering and shaping the answer run outside it.
+        A store that says it is ``thread_safe`` (a pool of connections, read-only FAISS) is called by many
+        threads at once; any other is called under its lock, one thread at a time (a connection or an
+        engine handle is not shared by two threads at once). The lock covers the store call only:
+        resolving, post-filtering and shaping the answer run outside it.
         """
-        with self._locks[kind]:
-            vs = self._store(kind)
-            try:
+        vs = self._store(kind)
+        try:
+            if getattr(vs, "thread_safe", False):
                 return fn(vs)
-            except VectorGeoError:
-                raise
-            except Exception as exc:
-                logger.exception("store %s failed; it will be reopened on the next request", kind)
-                self._drop(kind)
-                raise StoreUnavailableError(f"store {kind!r} failed to answer; try again") from exc
+            with self._locks[kind]:
+                return fn(vs)
+        except VectorGeoError:
+            raise
+        except Exception as exc:
+            logger.exception("store %s failed; it will be reopened on the next request", kind)
+            self._drop(kind, vs)
+            raise StoreUnavailableError(f"store {kind!r} failed to answer; try again") from exc
 
-    def _drop(self, kind: str) -> None:
-        vs = self._open.pop(kind, None)
-        if vs is not None:
+    def _drop(self, kind: str, vs: VectorStore | None = None) -> None:
+        """Close the open store of this kind (only if it is still ``vs``: another thread may have reopened it)."""
+        with self._locks[kind]:
+            current = self._open.get(kind)
+            if current is None or (vs is not None and current is not vs):
+                return
+            del self._open[kind]
             try:
-                vs.close()
+                current.close()
             except Exception:
                 logger.exception("closing store %s failed", kind)
 
@@ -509,9 +530,12 @@ class SearchService:
         pos = pos[pos >= 0]
         if not len(pos):
             return None
-        fractions = np.asarray(self.sidecars.fractions[np.sort(pos)], np.float64).mean(axis=0)
-        elevation = np.asarray(self.sidecars.mean_elevation_m[np.sort(pos)], np.float64)
-        return fractions, float(np.nanmean(elevation)) if np.isfinite(elevation).any() else math.nan
+        rows = np.sort(pos)  # memory-mapped arrays: read the rows in file order
+        fractions = np.asarray(self.sidecars.fractions[rows], np.float64)
+        elevation = np.asarray(self.sidecars.mean_elevation_m[rows], np.float64)
+        if len(rows) == 1:  # the common query: one cell, its own attributes
+            return fractions[0], float(elevation[0])
+        return fractions.mean(axis=0), float(np.nanmean(elevation)) if np.isfinite(elevation).any() else math.nan
 
     def _explanations(self, h3: np.ndarray, query_attrs) -> list[dict | None]:
         if self.sidecars is None or not len(h3):
@@ -522,12 +546,14 @@ class SearchService:
         fractions = np.asarray(self.sidecars.fractions[rows], np.float64)
         elevation = np.asarray(self.sidecars.mean_elevation_m[rows], np.float64)
         back = np.searchsorted(rows, pos[found])
+        explained = _explain_rows(fractions[back], elevation[back], self.sidecars, top=TOP_CLASSES, query=query_attrs)
         out: list[dict | None] = [None] * len(h3)
-        for i, j in zip(found.tolist(), back.tolist(), strict=True):
-            out[i] = _explain(fractions[j], float(elevation[j]), self.sidecars, top=TOP_CLASSES, query=query_attrs)
+        for i, explanation in zip(found.tolist(), explained, strict=True):
+            out[i] = explanation
         return out
 
     def _query_member(self, query: Query, q: _Resolved, attrs) -> dict:
+        polygons = [[ring] for ring in _rings(q.cells)]
         return {
             "cells": [h3i.int_to_str(c) for c in q.cells],
             "negative": [h3i.int_to_str(c) for c in q.negative],
@@ -535,35 +561,47 @@ class SearchService:
             "point": None if query.lat is None else {"lat": query.lat, "lng": query.lng},
             "center": None if q.centre is None else {"lat": q.centre[0], "lng": q.centre[1]},
             "vector": query.vector is not None,
-            "geometry": {"type": "MultiPolygon", "coordinates": [[_ring(c)] for c in q.cells]} if q.cells else None,
+            "geometry": {"type": "MultiPolygon", "coordinates": polygons} if q.cells else None,
             "explanation": None if attrs is None else _explain(*attrs, self.sidecars, top=TOP_CLASSES),
         }
 
 
 def _post_filter(matches: list[Match], q: _Resolved, options: SearchOptions, geo: GeoFilter | None) -> list[Match]:
-    """Greedy, best first: keep matches above ``min_score``, in ``geo``, far enough from the query and each other."""
-    kept: list[Match] = []
+    """Greedy, best first: keep matches above ``min_score``, in ``geo``, far enough from the query and each other.
+
+    The tests of each match alone run on all matches at once; only the separation, which depends on the
+    matches kept before, runs match by match.
+    """
+    n = len(matches)
+    if not n:
+        return []
+    lat = np.fromiter((m.lat for m in matches), np.float64, n)
+    lng = np.fromiter((m.lng for m in matches), np.float64, n)
+    keep = np.ones(n, bool)
+    if options.min_score is not None:
+        keep &= ~(np.fromiter((m.score for m in matches), np.float64, n) < options.min_score)
+    if geo is not None:
+        keep &= geo.contains(lat, lng)
+    if options.exclude_within_km > 0 and len(q.cell_lat):
+        for start in range(0, n, _CHUNK):  # a chunk of matches against every query cell
+            part = slice(start, start + _CHUNK)
+            near = haversine_m(lat[part, None], lng[part, None], q.cell_lat[None, :], q.cell_lng[None, :])
+            keep[part] &= ~(near.min(axis=1) < options.exclude_within_km * 1000)
+    passing = np.flatnonzero(keep).tolist()
+    if options.min_separation_km <= 0:
+        return [matches[i] for i in passing[: options.k]]
+    kept: list[int] = []
     kept_lat, kept_lng = np.empty(options.k), np.empty(options.k)  # centres of the kept matches, in order
-    for m in matches:
-        if options.min_score is not None and m.score < options.min_score:
+    separation_m = options.min_separation_km * 1000
+    for i in passing:
+        k = len(kept)
+        if k and float(haversine_m(lat[i], lng[i], kept_lat[:k], kept_lng[:k]).min()) < separation_m:
             continue
-        if geo is not None and not geo.contains(np.array([m.lat]), np.array([m.lng]))[0]:
-            continue
-        if _closer_than(m, q.cell_lat, q.cell_lng, options.exclude_within_km):
-            continue
-        n = len(kept)
-        if n and _closer_than(m, kept_lat[:n], kept_lng[:n], options.min_separation_km):
-            continue
-        kept_lat[n], kept_lng[n] = m.lat, m.lng
-        kept.append(m)
+        kept_lat[k], kept_lng[k] = lat[i], lng[i]
+        kept.append(i)
         if len(kept) == options.k:
             break
-    return kept
-
-
-def _closer_than(m: Match, lat: Sequence[float], lng: Sequence[float], km: float) -> bool:
-    """Whether the match's centre lies closer than ``km`` to any of the points (never for ``km`` = 0)."""
-    return km > 0 and float(haversine_m(m.lat, m.lng, np.asarray(lat), np.asarray(lng)).min()) < km * 1000
+    return [matches[i] for i in kept]
 
 
 def _explain(
@@ -575,19 +613,44 @@ def _explain(
     query: tuple[np.ndarray, float] | None = None,
 ) -> dict:
     """Top classes by share (name, colour, fraction; the query's share beside it) and mean elevation."""
-    order = np.argsort(-fractions, kind="stable")
-    order = order[fractions[order] > 0][:top].tolist()
-    shares = np.round(fractions[order], 4).tolist()
-    query_shares = np.round(query[0][order], 4).tolist() if query is not None else None
-    classes = []
-    for n, i in enumerate(order):
-        entry = {"name": sidecars.class_names[i], "color": sidecars.class_colors[i], "fraction": shares[n]}
-        if query_shares is not None:
-            entry["query_fraction"] = query_shares[n]
-        classes.append(entry)
-    out = {"classes": classes, "mean_elevation_m": _round(elevation, 1)}
-    if query is not None:
-        out["query_mean_elevation_m"] = _round(query[1], 1)
+    return _explain_rows(fractions[None, :], np.array([elevation]), sidecars, top=top, query=query)[0]
+
+
+def _explain_rows(
+    fractions: np.ndarray,
+    elevation: np.ndarray,
+    sidecars: SearchSidecars,
+    *,
+    top: int | None,
+    query: tuple[np.ndarray, float] | None = None,
+) -> list[dict]:
+    """:func:`_explain` of each row of ``fractions`` ``(n, C)`` and ``elevation`` ``(n,)``: one numpy pass for all."""
+    order = np.argsort(-fractions, axis=1, kind="stable")[:, :top]  # positive shares first, then zeros (or NaN)
+    shares = np.take_along_axis(fractions, order, axis=1)
+    n_positive = (shares > 0).sum(axis=1).tolist()
+    rounded = np.round(shares, 4).tolist()
+    names, colors = sidecars.class_names, sidecars.class_colors
+    out = []
+    if query is None:
+        for classes, row, n, elevation_m in zip(order.tolist(), rounded, n_positive, elevation.tolist(), strict=True):
+            listed = [
+                {"name": names[i], "color": colors[i], "fraction": share}
+                for i, share in zip(classes[:n], row[:n], strict=True)
+            ]
+            out.append({"classes": listed, "mean_elevation_m": _round(elevation_m, 1)})
+        return out
+    query_rows = np.round(query[0][order], 4).tolist()
+    query_elevation = _round(query[1], 1)
+    for classes, row, query_row, n, elevation_m in zip(
+        order.tolist(), rounded, query_rows, n_positive, elevation.tolist(), strict=True
+    ):
+        listed = [
+            {"name": names[i], "color": colors[i], "fraction": share, "query_fraction": query_share}
+            for i, share, query_share in zip(classes[:n], row[:n], query_row[:n], strict=True)
+        ]
+        out.append(
+            {"classes": listed, "mean_elevation_m": _round(elevation_m, 1), "query_mean_elevation_m": query_elevation}
+        )
     return out
 
 
@@ -604,20 +667,33 @@ def _centre(lat: np.ndarray, lng: np.ndarray) -> tuple[float, float]:
     return float(np.degrees(np.arctan2(z, math.hypot(x, y)))), float(np.degrees(np.arctan2(y, x)))
 
 
-def _ring(cell: int) -> list[list[float]]:
-    """A cell's hexagon as a closed GeoJSON ring of ``[lng, lat]``, unwrapped across the antimeridian."""
-    ring = np.round(np.asarray(h3i.cell_to_boundary(cell))[:, ::-1], 7).tolist()
-    for point in ring[1:]:
-        if point[0] - ring[0][0] > 180:
-            point[0] -= 360
-        elif point[0] - ring[0][0] < -180:
-            point[0] += 360
-    return [*ring, list(ring[0])]
+def _rings(cells: Sequence[int]) -> list[list[list[float]]]:
+    """Each cell's hexagon as a closed GeoJSON ring of ``[lng, lat]``, unwrapped across the antimeridian.
+
+    The vertices of all the cells are rounded in one numpy call (a call per cell cost more than the rest of
+    building an answer's features).
+    """
+    boundaries = [h3i.cell_to_boundary(cell) for cell in cells]
+    chain = itertools.chain.from_iterable
+    flat = np.fromiter(chain(chain(boundaries)), np.float64)
+    points = np.round(flat.reshape(-1, 2)[:, ::-1], 7).tolist()
+    rings, start = [], 0
+    for boundary in boundaries:
+        ring = points[start : start + len(boundary)]
+        start += len(boundary)
+        first = ring[0][0]
+        for point in ring[1:]:
+            if point[0] - first > 180:
+                point[0] -= 360
+            elif point[0] - first < -180:
+                point[0] += 360
+        ring.append(list(ring[0]))
+        rings.append(ring)
+    return rings
 
 
-def _feature(cell: int, properties: dict) -> dict:
-    name = h3i.int_to_str(cell)
-    return {"type": "Feature", "id": name, "geometry": {"type": "Polygon", "coordinates": [_ring(cell)]},
+def _feature(name: str, ring: list[list[float]], properties: dict) -> dict:
+    return {"type": "Feature", "id": name, "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": properties}  # fmt: skip
 
 
@@ -633,11 +709,14 @@ def open_search_service(
     qdrant_url: str | None = None,
     qdrant_api_key: str | None = None,
     database_url: str | None = None,
+    openers: Mapping[str, Callable[[], VectorStore]] | None = None,
 ) -> SearchService:
     """A :class:`SearchService` over flow 04's output: stores opened on first use, sidecars read now.
 
     Qdrant and pgvector open ``collection`` (default :func:`collection_name`) on their server, or the
     embedded store in ``data_dir``; FAISS loads the index files from the bucket (through its cache).
+    ``openers`` replaces how some kinds open (``vectorgeo serve`` hands its workers a client of the one
+    process that holds the Qdrant Edge shard).
 
     Raises:
         InvalidInputError: an unknown store kind.
@@ -654,8 +733,9 @@ def open_search_service(
             return lambda: _open_faiss(bucket, model, h3_resolution)
         return lambda: open_store(kind, name, data_dir=data_dir, **servers)
 
+    chosen = dict(openers or {})  # a caller's own way to open a kind: the server's shared Qdrant shard, say
     return SearchService(
-        {kind: opener(kind) for kind in dict.fromkeys(stores)},
+        {kind: chosen.get(kind) or opener(kind) for kind in dict.fromkeys(stores)},
         model=model,
         h3_resolution=h3_resolution,
         default_store=default_store,

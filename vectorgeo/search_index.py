@@ -1,6 +1,7 @@
 """Search sidecars: what the search service needs beside the vectors, built once per index.
 
-Flow 04 writes them to the bucket under :func:`search_prefix` (``indexes/{name}/res{R}/search/``):
+Flow 04 writes them to the bucket under :func:`vectorgeo.artifacts.search_prefix`
+(``indexes/{name}/res{R}/search/``):
 
 * ``h3.npy`` (uint64, sorted ascending), ``class_fractions.npy`` (float16, ``(N, C)``) and
   ``mean_elevation_m.npy`` (float32, NaN where there was no DEM): what each cell's patch holds,
@@ -20,6 +21,7 @@ arrays whole (about 50 bytes a cell).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -33,8 +35,6 @@ __all__ = [
     "SIDECAR_FILES",
     "SearchSidecars",
     "build_search_sidecars",
-    "index_prefix",
-    "search_prefix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,16 +46,6 @@ SIDECAR_FILES = (*_ARRAYS, _CLASSES, CALIBRATION_FILE)
 """Every sidecar file, in upload order (``calibration.json`` last)."""
 
 _PAIR_CHUNK = 65_536  # pairs whose similarity is computed at once
-
-
-def index_prefix(name: str, h3_resolution: int) -> str:
-    """Bucket prefix of the indexes built from a model's embeddings at a resolution (FAISS files, sidecars)."""
-    return f"indexes/{name}/res{h3_resolution}/"
-
-
-def search_prefix(name: str, h3_resolution: int) -> str:
-    """Bucket prefix of the search sidecars."""
-    return index_prefix(name, h3_resolution) + "search/"
 
 
 def build_search_sidecars(
@@ -237,7 +227,8 @@ class SearchSidecars:
                 if not (directory / name).is_file() or (directory / name).stat().st_size != size:
                     raise InvalidInputError(f"search sidecar {name} in {directory} is missing or incomplete")
             classes = json.loads((directory / _CLASSES).read_text())["classes"]
-            h3, fractions, elevation = (np.load(directory / name, mmap_mode="r") for name in _ARRAYS)
+            # memory-mapped, as plain ndarray views: indexed per answer, several times faster than np.memmap objects
+            h3, fractions, elevation = (np.asarray(np.load(directory / name, mmap_mode="r")) for name in _ARRAYS)
             quantiles = meta.get("quantiles")
             return cls(
                 model=str(meta["model"]),
@@ -260,8 +251,12 @@ class SearchSidecars:
         """
         if self.quantiles is None:
             return None
-        probs = np.linspace(0.0, 100.0, len(self.quantiles))
-        return np.interp(np.asarray(scores, np.float64), self.quantiles, probs, left=0.0, right=100.0)
+        return np.interp(np.asarray(scores, np.float64), self.quantiles, self._percents, left=0.0, right=100.0)
+
+    @functools.cached_property
+    def _percents(self) -> np.ndarray:
+        """The percentage each stored quantile stands for (computed once, not per answer)."""
+        return np.linspace(0.0, 100.0, len(self.quantiles))
 
     def positions(self, h3: np.ndarray) -> np.ndarray:
         """Row of each cell in the attribute arrays, -1 where the cell has no attributes."""

@@ -12,11 +12,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vectorgeo.artifacts import synthetic_raster_keys
 from vectorgeo.errors import RasterAccessError
 from vectorgeo.legends import BUILTIN_LEGENDS, Legend, get_legend, read_legend_file
 from vectorgeo.transfer import Bucket
 
-__all__ = ["RasterInputs", "resolve_rasters", "synthetic_keys"]
+__all__ = ["RasterInputs", "resolve_rasters"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +37,8 @@ class RasterInputs:
     source: str
 
 
-def synthetic_keys(seed: int) -> tuple[str, str]:
-    """Bucket keys of the synthetic land cover and DEM for a seed (and generator version)."""
-    from vectorgeo.synthetic import GENERATOR_VERSION
-
-    base = f"rasters/synthetic-v{GENERATOR_VERSION}-seed{seed}"
-    return f"{base}/landcover.tif", f"{base}/dem.tif"
-
-
 def _ensure_synthetic(bucket: Bucket, seed: int) -> tuple[str, str]:
-    lc_key, dem_key = synthetic_keys(seed)
+    lc_key, dem_key = synthetic_raster_keys(seed)
     if bucket.exists(lc_key) and bucket.exists(dem_key):
         return lc_key, dem_key
     from vectorgeo.synthetic import write_synthetic_rasters

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from vectorgeo.artifacts import tuning_keys
 from vectorgeo.errors import InvalidInputError, StoreUnavailableError
 from vectorgeo.transfer import Bucket
 
@@ -33,15 +34,9 @@ __all__ = [
     "open_study",
     "resolve_storage",
     "trial_specs",
-    "tuning_keys",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def tuning_keys(study_name: str) -> dict[str, str]:
-    """Bucket keys of a study's journal (local buckets) and its validation patches."""
-    return {"journal": f"tuning/{study_name}/journal.log", "cells": f"tuning/{study_name}/validation.npz"}
 
 
 @dataclass(frozen=True)

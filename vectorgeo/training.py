@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vectorgeo.encoder import EncoderConfig, build_encoder, embed
 from vectorgeo.errors import InvalidInputError
-from vectorgeo.model import EncoderConfig, build_encoder, embed, replace_atomically
+from vectorgeo.model_files import replace_atomically
 from vectorgeo.views import make_views, view_batches, view_source
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class TrainingParams:
     temperature: float = 0.1
     neighbor_weight: float = 0.5
     vicreg_weight: float = 0.0
-    composition_weight: float = 4.0
+    composition_weight: float = 10.0
     margin: float = 0.2
     patience: int = 3
     seed: int = 0

@@ -7,8 +7,8 @@ validation ground, embeds random patches lying wholly on validation ground
 flow 05 scores, is never read: :func:`sample_validation_cells` checks it.
 
 The trials live in an Optuna study (:mod:`vectorgeo.studies`). The best
-trial is written as ``models/{name}.tuning.json`` beside the model, and
-:func:`read_best` hands it to training (flow 02).
+trial is written as ``models/{name}.tuning.json`` (:func:`vectorgeo.artifacts.tuning_key`) beside the
+model, and :func:`read_best` hands it to training (flow 02).
 
 Nothing here imports Optuna at run time; reading a result (:func:`read_best`) loads no study.
 """
@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError, NotFoundError
+from vectorgeo.artifacts import read_tuning, tuning_key
+from vectorgeo.encoder import ENCODER_DEFAULTS
+from vectorgeo.errors import InvalidInputError
 from vectorgeo.holdout import HOLDOUT, patch_held_out, patch_on_validation
-from vectorgeo.jobs.train import ENCODER_DEFAULTS, model_name
 from vectorgeo.land import is_land
 from vectorgeo.raster import extract_patches, pixel_sides_m, raster_bounds_latlng
 from vectorgeo.sampling import random_points_in_bounds
@@ -44,10 +45,8 @@ __all__ = [
     "TRIPLET_SPACE",
     "ValidationCells",
     "read_best",
-    "read_tuning",
     "sample_validation_cells",
     "suggest_settings",
-    "tuning_key",
     "validation_score",
     "write_tuning",
 ]
@@ -67,7 +66,7 @@ SEARCH_SPACE = {
 """What a trial draws. Ranges (``low``/``high``, log-uniform when ``log``) are
 floats; lists are categorical choices. ``learning_rate`` is AdamW's peak rate,
 ``batch_size`` the pairs per batch (the in-batch negatives), ``num_filters``
-and ``composition_skip`` shape the encoder (:class:`vectorgeo.model.EncoderConfig`).
+and ``composition_skip`` shape the encoder (:class:`vectorgeo.encoder.EncoderConfig`).
 ``composition_weight`` weighs the composition task (any objective);
 ``temperature``, ``neighbor_weight`` and ``vicreg_weight`` belong to the
 InfoNCE objective and are drawn only for InfoNCE trials. Everything else
@@ -83,11 +82,6 @@ SCORE_R2_METRICS = ("r2_class_fractions", "r2_edge_density", "r2_shannon")
 
 BUDGET_FIELDS = ("epochs", "patience", "seed")
 """Training fields that are a run's budget, not a tuned choice: :func:`read_best` leaves them to the caller."""
-
-
-def tuning_key(model_filename: str) -> str:
-    """Bucket key of a model's tuning result: ``models/{name}.tuning.json``."""
-    return f"models/{model_name(model_filename)}.tuning.json"
 
 
 def _suggest(trial: optuna.Trial, name: str, space: dict):
@@ -111,7 +105,7 @@ def suggest_settings(
         trial: The Optuna trial (``study.ask()``, or a ``FixedTrial`` in tests).
         objectives: Objectives to choose from; ``("infonce",)`` fixes it, adding
             ``"triplet"`` makes it a choice (with :data:`TRIPLET_SPACE`).
-        encoder: Fixed encoder settings (keys of :data:`vectorgeo.jobs.train.ENCODER_DEFAULTS`),
+        encoder: Fixed encoder settings (keys of :data:`vectorgeo.encoder.ENCODER_DEFAULTS`),
             e.g. ``{"embed_dim": 16}``; the tuned keys override them.
         epochs: The trial's training budget, epochs.
         seed: Seed of the weights, shuffles and augmentation (the same for every trial,
@@ -270,22 +264,6 @@ def write_tuning(bucket: Bucket, model_filename: str, document: dict) -> str:
     return key
 
 
-def read_tuning(bucket: Bucket, model_filename: str) -> dict:
-    """The whole tuning result of a model.
-
-    Raises:
-        NotFoundError: no ``models/{name}.tuning.json`` in the bucket.
-    """
-    key = tuning_key(model_filename)
-    try:
-        return bucket.read_json(key)
-    except BucketKeyNotFoundError as exc:
-        raise NotFoundError(
-            f"no tuning result {key!r} in bucket {bucket.url!r}; run flows/01b_tune_flow.py "
-            f"--model_filename={model_name(model_filename)}.keras first, or train without --from_tuning"
-        ) from exc
-
-
 def read_best(bucket: Bucket, model_filename: str) -> dict:
     """The best settings found for a model, ready for flow 02's training.
 
@@ -296,7 +274,7 @@ def read_best(bucket: Bucket, model_filename: str) -> dict:
     Returns:
         ``{"encoder": {...}, "training": {...}, "source": key, "study": str, "best_trial": int,
         "best_score": float}``. ``encoder`` holds every key of
-        :data:`vectorgeo.jobs.train.ENCODER_DEFAULTS`; ``training`` holds the
+        :data:`vectorgeo.encoder.ENCODER_DEFAULTS`; ``training`` holds the
         :class:`~vectorgeo.training.TrainingParams` fields except :data:`BUDGET_FIELDS`
         (``epochs``, ``patience``, ``seed``), which stay the trainer's own; so
         ``TrainingParams(**best["training"], epochs=..., seed=...)`` and

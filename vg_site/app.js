@@ -1,6 +1,6 @@
 // VectorGeo web map: click a place, ask the search API for the most similar cells, draw and list them.
-// Plain script, no build step; Leaflet is vendored in vendor/leaflet. window.vg exposes the state
-// (tests and the browser console read it).
+// Plain script, no build step; Leaflet is vendored in vendor/leaflet, the drawing tools (Leaflet-Geoman) in
+// vendor/leaflet-geoman. window.vg exposes the state (tests and the browser console read it).
 "use strict";
 
 (() => {
@@ -18,16 +18,21 @@
     selected: null, // rank of the highlighted result
     searches: 0, // searches answered so far
     overview: null, // the land-cover overview's metadata once loaded, false when there is none
+    area: null, // the drawn area filter, null when none: {kind: "box" | "polygon", param: {bbox} | {polygon}, words}
+    drawing: false, // a box or polygon is being drawn: map clicks place its corners, they do not search
   };
   const map = L.map("map", { worldCopyJump: true }).setView([20, 0], 2);
   map.createPane("landcover").style.zIndex = 350; // under the result hexagons (overlayPane, 400)
+  map.createPane("area").style.zIndex = 390; // the drawn area: over the land cover, under the results
   L.control.scale({ imperial: false }).addTo(map);
   window.vg = { state, map };
 
   const resultsLayer = L.featureGroup().addTo(map);
   const queryLayer = L.featureGroup().addTo(map);
+  const areaLayer = L.featureGroup().addTo(map);
   const layerByRank = new Map();
   let controller = null;
+  let lastClick = null; // [lat, lng] of the last search, searched again when the area changes
 
   // ---- the API endpoint: ?api= wins (for this visit only: a link must not re-point the page for good),
   // then the one saved with "Use", then the local server's /api ----
@@ -202,6 +207,7 @@
       min_score: value("min_score"),
       min_separation_km: Number(value("min_separation_km")) > 0 ? value("min_separation_km") : "",
       store: value("store"),
+      ...(state.area ? state.area.param : {}),
     };
   }
 
@@ -271,6 +277,7 @@
       });
       layer.bindTooltip(tooltip(p));
       layer.on("click", (e) => {
+        if (state.drawing) return; // the click places a corner of the area being drawn
         L.DomEvent.stopPropagation(e);
         select(p.rank);
       });
@@ -293,7 +300,8 @@
     if (features.length) showRamp(lo, hi);
     const model = collection.model ? ` · model ${collection.model}` : "";
     const store = collection.store ? ` · ${collection.store}` : "";
-    setStatus(`${features.length} similar cells${store}${model}`);
+    const within = state.area ? ` within the drawn ${state.area.kind}` : "";
+    setStatus(`${features.length} similar cells${within}${store}${model}`);
   }
 
   function select(rank, zoom = false) {
@@ -309,6 +317,7 @@
   }
 
   async function search(lat, lng) {
+    lastClick = [lat, lng];
     if (controller) controller.abort();
     controller = new AbortController();
     const params = readControls();
@@ -359,6 +368,110 @@
     }
   }
 
+  // ---- the area filter: a box (the API's bbox) or a polygon (its polygon), drawn with Leaflet-Geoman ----
+  const wrapLng = (lng) => ((((lng + 180) % 360) + 360) % 360) - 180;
+  const fmtLat = (lat) => `${Math.abs(lat).toFixed(2)}°${lat < 0 ? "S" : "N"}`;
+  const fmtLng = (lng) => `${Math.abs(lng).toFixed(2)}°${lng < 0 ? "W" : "E"}`;
+  const round6 = (v) => Number(v.toFixed(6));
+  // interactive: false lets a click inside the area search from there; pmIgnore: the drawing tools leave it be
+  const AREA_STYLE = { color: "#d9480f", weight: 2, dashArray: "4 4", fillOpacity: 0.06, className: "vg-area" };
+  const AREA_OPTIONS = { ...AREA_STYLE, interactive: false, pane: "area", pmIgnore: true };
+
+  // The API's bbox: west,south,east,north in degrees, longitudes in -180..180 (west > east crosses 180°).
+  function boxArea(bounds) {
+    const south = round6(Math.max(-90, bounds.getSouth()));
+    const north = round6(Math.min(90, bounds.getNorth()));
+    let west = bounds.getWest();
+    let east = bounds.getEast();
+    if (east - west >= 360) [west, east] = [-180, 180];
+    else [west, east] = [round6(wrapLng(west)), round6(wrapLng(east))];
+    if (east === -180) east = 180;
+    const words = `within the drawn box (${fmtLng(west)} to ${fmtLng(east)}, ${fmtLat(south)} to ${fmtLat(north)})`;
+    const shape = L.rectangle(bounds, AREA_OPTIONS);
+    return { kind: "box", param: { bbox: [west, south, east, north].join(",") }, words, shape };
+  }
+
+  // The API's polygon: lng,lat,lng,lat,... (an open ring), shifted whole to the world copy of its centre.
+  function polygonArea(latlngs) {
+    const centre = L.latLngBounds(latlngs).getCenter();
+    const shift = wrapLng(centre.lng) - centre.lng; // a multiple of 360
+    const ring = latlngs.map((p) => [round6(p.lng + shift), round6(Math.max(-90, Math.min(90, p.lat)))]);
+    if (ring.some(([lng]) => lng < -180 || lng > 180))
+      throw new Error("The drawn polygon crosses the antimeridian (180°): draw it on one side, or draw a box.");
+    if (ring.length > 500) throw new Error(`The drawn polygon has ${ring.length} vertices; the API takes at most 500.`);
+    const words = `within the drawn polygon (${ring.length} vertices)`;
+    const shape = L.polygon(latlngs, AREA_OPTIONS);
+    return { kind: "polygon", param: { polygon: ring.flat().join(",") }, words, shape };
+  }
+
+  function setArea(area) {
+    areaLayer.clearLayers();
+    state.area = area ? { kind: area.kind, param: area.param, words: area.words } : null;
+    if (area) area.shape.addTo(areaLayer);
+    $("area").textContent = area ? area.words : "anywhere: draw a box or a polygon with the tools on the map";
+    $("area-clear").hidden = !area;
+    const radius = $("radius_km"); // the API takes one of radius_km, bbox and polygon
+    if (area) radius.value = "";
+    radius.disabled = !!area;
+    radius.placeholder = area ? "off: area drawn" : "anywhere";
+    if (lastClick) search(...lastClick);
+  }
+
+  map.pm.setLang(
+    "en",
+    {
+      buttonTitles: {
+        drawRectButton: "Draw a box: search only inside it (click two corners)",
+        drawPolyButton: "Draw a polygon: search only inside it (click the vertices, then the first one again)",
+      },
+    },
+    "en",
+  );
+  map.pm.setGlobalOptions({
+    snappable: false,
+    allowSelfIntersection: false, // the API takes a simple ring
+    exitModeOnEscape: true,
+    pathOptions: AREA_STYLE,
+  });
+  map.pm.addControls({
+    position: "topleft",
+    drawMarker: false,
+    drawCircleMarker: false,
+    drawPolyline: false,
+    drawRectangle: true,
+    drawPolygon: true,
+    drawCircle: false,
+    drawText: false,
+    editMode: false,
+    dragMode: false,
+    cutPolygon: false,
+    removalMode: false,
+    rotateMode: false,
+  });
+  for (const [shape, label] of [
+    ["rectangle", "Draw a box filter"],
+    ["polygon", "Draw a polygon filter"],
+  ]) {
+    const button = document.querySelector(`.leaflet-pm-icon-${shape}`)?.closest("a");
+    if (button) {
+      button.setAttribute("aria-label", label);
+      button.classList.add(`vg-draw-${shape}`);
+    }
+  }
+  map.on("pm:drawstart", () => {
+    state.drawing = true;
+  });
+  // the click that finishes a shape reaches the map after pm:drawend: stop ignoring clicks once it is through
+  map.on("pm:drawend", () => setTimeout(() => (state.drawing = false), 0));
+  map.on("pm:create", (e) => {
+    e.layer.remove(); // redrawn by setArea from the values sent, in its own pane
+    try {
+      setArea(e.shape === "Rectangle" ? boxArea(e.layer.getBounds()) : polygonArea(e.layer.getLatLngs()[0]));
+    } catch (err) {
+      showError(err.message);
+    }
+  });
+
   // ---- wiring ----
   state.api = initialApi();
   $("api").value = state.api;
@@ -375,7 +488,8 @@
   });
   $("controls").addEventListener("submit", (e) => e.preventDefault());
   $("store").addEventListener("change", checkHealth);
-  map.on("click", (e) => search(e.latlng.lat, e.latlng.wrap().lng));
+  map.on("click", (e) => state.drawing || search(e.latlng.lat, e.latlng.wrap().lng));
+  $("area-clear").addEventListener("click", () => setArea(null));
 
   loadOverview();
   checkHealth();

@@ -8,24 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
+from vectorgeo.artifacts import model_name, read_embeddings_manifest, read_model_sidecar, report_keys
 from vectorgeo.errors import InvalidInputError
-from vectorgeo.evaluate import evaluate_embeddings, format_report, report_figure
+from vectorgeo.evaluate import evaluate_embeddings
+from vectorgeo.evaluation_report import format_report, report_figure
 from vectorgeo.holdout import latlng_to_cells, patch_held_out
 from vectorgeo.inference import read_embeddings
-from vectorgeo.jobs.infer import read_embeddings_manifest
-from vectorgeo.jobs.train import model_name, read_sidecar
 from vectorgeo.raster import extract_patches, open_raster, pixel_sides_m
 from vectorgeo.sources import resolve_legend, resolve_rasters
 
-__all__ = ["report_keys", "evaluate_model"]
+__all__ = ["evaluate_model"]
 
 logger = logging.getLogger(__name__)
-
-
-def report_keys(name: str, h3_resolution: int) -> dict[str, str]:
-    """Bucket keys of an evaluation report and its figure."""
-    base = f"reports/{name}/res{h3_resolution}/evaluation"
-    return {"report": f"{base}.json", "figure": f"{base}.png"}
 
 
 def evaluate_model(
@@ -56,7 +50,7 @@ def evaluate_model(
         InvalidInputError: no embeddings, or no held-out cells among them.
     """
     name = model_name(model_filename)
-    sidecar = read_sidecar(bucket, model_filename)
+    sidecar = read_model_sidecar(bucket, model_filename)
     manifest = read_embeddings_manifest(bucket, name, h3_resolution)
     table = read_embeddings([bucket.download(key) for key in manifest["parts"]])
     lat, lng = table.column("lat").to_numpy(), table.column("lng").to_numpy()

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vectorgeo.errors import BucketKeyNotFoundError, IncompleteOutputError, InvalidInputError
+from vectorgeo.artifacts import (
+    embeddings_manifest_key,
+    embeddings_part_key,
+    model_keys,
+    model_name,
+    read_model_sidecar,
+    stencil_key,
+    stencil_names,
+)
+from vectorgeo.errors import IncompleteOutputError, InvalidInputError
 from vectorgeo.inference import (
     assign_parts,
     embed_cells,
@@ -20,27 +29,20 @@ from vectorgeo.inference import (
     read_part_metadata,
     write_part,
 )
-from vectorgeo.jobs.stencil import stencil_key
-from vectorgeo.jobs.train import model_keys, model_name, read_sidecar
 from vectorgeo.raster import open_raster, pixel_size_m
 from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.stencil import check_resolution
 from vectorgeo.stores import open_store
 
-__all__ = ["part_key", "plan_inference", "run_inference", "finish_inference", "read_embeddings_manifest"]
+__all__ = ["plan_inference", "run_inference", "finish_inference"]
 
 logger = logging.getLogger(__name__)
-
-
-def part_key(name: str, h3_resolution: int, part: int) -> str:
-    """Bucket key of one embeddings part."""
-    return f"embeddings/{name}/res{h3_resolution}/part-{part:05d}.parquet"
 
 
 def _stencil(bucket, h3_resolution: int) -> Path:
     key = stencil_key(h3_resolution)
     if not bucket.exists(key):
-        present = sorted(k.removeprefix("stencil/").removesuffix(".parquet") for k in bucket.list("stencil/"))
+        present = stencil_names(bucket)
         raise InvalidInputError(
             f"no stencil at resolution {h3_resolution} ({key!r}) in bucket {bucket.url!r}; stencils present: "
             f"{present or 'none'}. Run flows/00_h3_stencil_flow.py --h3_resolution={h3_resolution} "
@@ -87,7 +89,7 @@ def plan_inference(
         NotFoundError: the model is not in the bucket.
         InvalidInputError: empty stencil, mismatched legend or ground patch size, bad sizes.
     """
-    from vectorgeo.model import check_compatible
+    from vectorgeo.model_files import check_compatible
 
     check_resolution(h3_resolution)
     if not 1 <= n_workers <= 100:
@@ -95,7 +97,7 @@ def plan_inference(
             f"n_workers must lie in 1..100 (Metaflow's default foreach limit), got {n_workers}; "
             "each worker embeds several parts in turn"
         )
-    sidecar = read_sidecar(bucket, model_filename)
+    sidecar = read_model_sidecar(bucket, model_filename)
     check_compatible(sidecar, resolve_legend(bucket, legend), int(sidecar["patch_px"]))
     rasters = resolve_rasters(bucket, landcover, synthetic_seed=synthetic_seed)
     with open_raster(rasters.landcover) as dataset:
@@ -142,7 +144,7 @@ def run_inference(
     Returns:
         ``{"parts": {key: {"n_cells", "n_valid", "n_invalid", "skipped"}}}``.
     """
-    from vectorgeo.model import check_compatible, load_model
+    from vectorgeo.model_files import check_compatible, load_model
 
     name = model_name(model_filename)
     keys = model_keys(model_filename)
@@ -162,7 +164,7 @@ def run_inference(
     done: dict[str, dict] = {}
     todo = []
     for spec in parts:
-        key = part_key(name, h3_resolution, spec["part"])
+        key = embeddings_part_key(name, h3_resolution, spec["part"])
         meta = read_part_metadata(bucket.download(key)) if bucket.exists(key) else {}
         same_rows = (meta.get("start"), meta.get("stop")) == (spec["start"], spec["stop"])
         if meta.get("model_sha256") == checksum and meta.get("inputs") == inputs and same_rows:
@@ -212,21 +214,6 @@ def run_inference(
     return {"parts": done}
 
 
-def read_embeddings_manifest(bucket, name: str, h3_resolution: int) -> dict:
-    """The manifest :func:`finish_inference` wrote for a model and resolution.
-
-    Raises:
-        InvalidInputError: there is none yet (flow 03 has not run), naming the bucket.
-    """
-    try:
-        return bucket.read_json(f"embeddings/{name}/res{h3_resolution}/manifest.json")
-    except BucketKeyNotFoundError as exc:
-        raise InvalidInputError(
-            f"no embeddings of model {name!r} at resolution {h3_resolution} in bucket {bucket.url!r}; "
-            "run flows/03_inference_flow.py first"
-        ) from exc
-
-
 def finish_inference(
     bucket, results: list[dict], *, model_filename: str, h3_resolution: int, n_parts: int, qdrant: dict | None = None
 ) -> dict:
@@ -237,7 +224,7 @@ def finish_inference(
     """
     name = model_name(model_filename)
     parts = {key: info for result in results for key, info in result["parts"].items()}
-    expected = [part_key(name, h3_resolution, i) for i in range(n_parts)]
+    expected = [embeddings_part_key(name, h3_resolution, i) for i in range(n_parts)]
     missing = [k for k in expected if k not in parts or not bucket.exists(k)]
     if missing:
         raise IncompleteOutputError(
@@ -258,7 +245,7 @@ def finish_inference(
         with _qdrant_sink(qdrant) as store:
             store.finish_load()
             manifest["qdrant"] = {"collection": qdrant["collection"], "count": store.count()}
-    bucket.write_json(f"embeddings/{name}/res{h3_resolution}/manifest.json", manifest)
+    bucket.write_json(embeddings_manifest_key(name, h3_resolution), manifest)
     return manifest
 
 

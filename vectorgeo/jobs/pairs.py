@@ -7,6 +7,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from vectorgeo.artifacts import shard_key, train_manifest_key
 from vectorgeo.errors import IncompleteOutputError, InvalidInputError
 from vectorgeo.holdout import HOLDOUT
 from vectorgeo.raster import open_raster
@@ -14,14 +15,9 @@ from vectorgeo.sampling import PairShard, sample_pairs, write_shard
 from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.transfer import Bucket
 
-__all__ = ["shard_key", "plan_pair_shards", "make_pair_shards", "finish_pair_shards"]
+__all__ = ["plan_pair_shards", "make_pair_shards", "finish_pair_shards"]
 
 logger = logging.getLogger(__name__)
-
-
-def shard_key(train_set: str, index: int) -> str:
-    """Bucket key of training shard ``index`` of a set."""
-    return f"train/{train_set}/part-{index:05d}.npz"
 
 
 def plan_pair_shards(bucket: Bucket, n_files: int, n_jobs: int, **settings) -> list[list[int]]:
@@ -137,5 +133,5 @@ def finish_pair_shards(bucket: Bucket, results: list[dict], *, n_files: int, tra
         "pixel_size_m": results[0]["pixel_size_m"],
         **settings,
     }
-    bucket.write_json(f"train/{train_set}/manifest.json", manifest)
+    bucket.write_json(train_manifest_key(train_set), manifest)
     return manifest

@@ -9,19 +9,15 @@ from pathlib import Path
 
 import shapely
 
+from vectorgeo.artifacts import stencil_key
 from vectorgeo.raster import open_raster, raster_bounds_latlng
 from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.stencil import build_stencil, check_resolution, write_stencil
 from vectorgeo.transfer import Bucket
 
-__all__ = ["stencil_key", "make_stencil"]
+__all__ = ["make_stencil"]
 
 logger = logging.getLogger(__name__)
-
-
-def stencil_key(h3_resolution: int) -> str:
-    """Bucket key of the stencil at a resolution."""
-    return f"stencil/res{h3_resolution}.parquet"
 
 
 def make_stencil(

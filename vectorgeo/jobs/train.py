@@ -3,81 +3,30 @@
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vectorgeo.errors import BucketKeyNotFoundError, InvalidInputError, NotFoundError
+from vectorgeo.artifacts import model_keys, model_name, read_train_manifest
+from vectorgeo.encoder import ENCODER_DEFAULTS
+from vectorgeo.errors import InvalidInputError
 from vectorgeo.holdout import HOLDOUT, patch_held_out, patch_on_validation
 from vectorgeo.legends import Legend
 from vectorgeo.sampling import dominant_class, read_shard
 
 __all__ = [
-    "ENCODER_DEFAULTS",
     "TrainingData",
     "load_training_data",
-    "model_name",
-    "model_keys",
-    "read_sidecar",
     "train_model",
 ]
 
 logger = logging.getLogger(__name__)
 
-ENCODER_DEFAULTS = {
-    "embed_dim": 16,
-    "num_filters": 32,
-    "n_conv_blocks": 3,
-    "use_se": True,
-    "use_dem": False,
-    "composition_skip": True,
-}
-"""Architecture settings flow 02 and the tuning flow pass to :class:`vectorgeo.model.EncoderConfig`."""
-
-
-def model_name(model_filename: str) -> str:
-    """``"test.keras"`` -> ``"test"``; refuses names that are not plain file names."""
-    name = model_filename[: -len(".keras")] if model_filename.endswith(".keras") else model_filename
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise InvalidInputError(
-            f"model_filename {model_filename!r} must be a plain file name like 'demo.keras' "
-            "(letters, digits, '_', '-', '.')"
-        )
-    return name
-
-
-def model_keys(model_filename: str) -> dict[str, str]:
-    """Bucket keys of a model, its sidecar and its diagnostics figure."""
-    name = model_name(model_filename)
-    return {"model": f"models/{name}.keras", "sidecar": f"models/{name}.json", "figure": f"models/{name}.png"}
-
-
-def read_sidecar(bucket, model_filename: str) -> dict:
-    """A model's JSON sidecar from the bucket.
-
-    Raises:
-        NotFoundError: the model is not in the bucket.
-    """
-    keys = model_keys(model_filename)
-    try:
-        return bucket.read_json(keys["sidecar"])
-    except BucketKeyNotFoundError as exc:
-        raise NotFoundError(
-            f"model {keys['model']!r} (with its sidecar {keys['sidecar']!r}) is not in bucket {bucket.url!r}; "
-            "train it with flows/02_train_flow.py or check --model_filename"
-        ) from exc
-
 
 def _load_pairs(bucket, train_set: str, n_train_files: int) -> tuple[dict[str, np.ndarray], dict]:
-    try:
-        manifest = bucket.read_json(f"train/{train_set}/manifest.json")
-    except BucketKeyNotFoundError as exc:
-        raise InvalidInputError(
-            f"no training set {train_set!r} in bucket {bucket.url!r}; run flows/01_preprocess_flow.py first"
-        ) from exc
+    manifest = read_train_manifest(bucket, train_set)
     keys = sorted(manifest["shards"])
     if n_train_files > 0:
         keys = keys[:n_train_files]
@@ -189,7 +138,8 @@ def train_model(
         train_set: Shard set under ``train/``.
         n_train_files: Shards to read; 0 = all.
         model_filename: ``{name}.keras`` under ``models/``.
-        encoder: Architecture settings (keys of :data:`ENCODER_DEFAULTS`); missing keys take the defaults.
+        encoder: Architecture settings (keys of :data:`~vectorgeo.encoder.ENCODER_DEFAULTS`); missing ones take
+            the defaults.
         training: A :class:`vectorgeo.training.TrainingParams` (default: its defaults).
         val_fraction: Share of pairs kept for early stopping.
         tuning: The tuning result these settings came from, recorded in the sidecar.
@@ -201,7 +151,8 @@ def train_model(
         InvalidInputError: no shards, no DEM in the shards with ``use_dem``, too few pairs.
     """
     from vectorgeo.diagnostics import diagnostics_figure
-    from vectorgeo.model import EncoderConfig, embed, save_model
+    from vectorgeo.encoder import EncoderConfig, embed
+    from vectorgeo.model_files import save_model
     from vectorgeo.training import TrainingParams, dem_stats, train_encoder
 
     training = training or TrainingParams()

@@ -11,7 +11,6 @@ counts its own finished trials the same way.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vectorgeo.artifacts import is_plain_name, model_name, read_train_manifest, tuning_keys
 from vectorgeo.errors import IncompleteOutputError, InvalidInputError
 from vectorgeo.holdout import HOLDOUT, VALIDATION, latlng_to_cells
-from vectorgeo.jobs.train import load_training_data, model_name
+from vectorgeo.jobs.train import load_training_data
 from vectorgeo.legends import Legend
 from vectorgeo.raster import open_raster
 from vectorgeo.sources import resolve_legend, resolve_rasters
@@ -32,7 +32,6 @@ from vectorgeo.studies import (
     open_study,
     resolve_storage,
     trial_specs,
-    tuning_keys,
 )
 from vectorgeo.training import OBJECTIVES
 from vectorgeo.transfer import Bucket
@@ -76,7 +75,7 @@ class _Settings:
 
     def __post_init__(self) -> None:
         study = self.study_name or model_name(self.model_filename)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):  # it names bucket keys
+        if not is_plain_name(study):  # it names bucket keys
             raise InvalidInputError(f"study_name {study!r} must be a plain name (letters, digits, '_', '-', '.')")
         object.__setattr__(self, "study_name", study)
         unknown = set(self.objective_list) - set(OBJECTIVES)
@@ -111,15 +110,6 @@ def _quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def _read_manifest(bucket: Bucket, train_set: str) -> dict:
-    key = f"train/{train_set}/manifest.json"
-    if not bucket.exists(key):
-        raise InvalidInputError(
-            f"no training set {train_set!r} in bucket {bucket.url!r}; run flows/01_preprocess_flow.py first"
-        )
-    return bucket.read_json(key)
 
 
 def _write_cells(bucket: Bucket, key: str, cells: ValidationCells) -> None:
@@ -158,7 +148,7 @@ def plan_trials(bucket: Bucket, *, n_trials: int, n_jobs: int, run_id: str, **se
     """
     s = _Settings(**settings)
     bucket.check_writable()
-    manifest = _read_manifest(bucket, s.train_set)
+    manifest = read_train_manifest(bucket, s.train_set)
     legend = resolve_legend(bucket, s.legend)
     recorded = manifest["legend"]  # flow 01 records the --legend it was given
     trained_on = Legend.from_dict(recorded) if isinstance(recorded, dict) else resolve_legend(bucket, recorded)
@@ -222,9 +212,9 @@ def run_trials(bucket: Bucket, spec: dict, **settings) -> dict:
     Returns:
         ``{"worker", "trials": [{"number", "state", "score", "seconds"}, ...]}``.
     """
+    from vectorgeo.encoder import EncoderConfig, embed
     from vectorgeo.evaluate import evaluate_embeddings
     from vectorgeo.keras_env import import_keras
-    from vectorgeo.model import EncoderConfig, embed
     from vectorgeo.training import train_encoder
 
     s = _Settings(**settings)

@@ -12,15 +12,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from vectorgeo.errors import InvalidInputError
+from vectorgeo.artifacts import (
+    index_prefix,
+    model_keys,
+    model_name,
+    read_embeddings_manifest,
+    read_model_sidecar,
+    search_prefix,
+)
+from vectorgeo.errors import InvalidInputError, NotFoundError
 from vectorgeo.inference import read_part_arrays
-from vectorgeo.jobs.infer import read_embeddings_manifest
-from vectorgeo.jobs.train import model_keys, model_name
-from vectorgeo.search_index import SIDECAR_FILES, build_search_sidecars, index_prefix, search_prefix
+from vectorgeo.search_index import SIDECAR_FILES, build_search_sidecars
 from vectorgeo.stores import STORE_KINDS, open_store
 from vectorgeo.transfer import Bucket
 
-__all__ = ["index_prefix", "plan_upload", "load_store", "write_search_sidecars"]
+__all__ = ["plan_upload", "load_store", "write_search_sidecars"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def load_store(
     Loads are idempotent upserts keyed by H3 id; parts already loaded into
     this store (by key and checksum, recorded in ``data_dir``) are skipped,
     so a killed load resumes. The FAISS index is written to the bucket under
-    :func:`index_prefix` and not rebuilt when its metadata already names the
+    :func:`~vectorgeo.artifacts.index_prefix` and not rebuilt when its metadata already names the
     same source parts.
 
     Returns:
@@ -121,10 +127,10 @@ def load_store(
 def _load_faiss(
     bucket: Bucket, name: str, h3_resolution: int, parts: list[str], sources: dict, data_dir: Path, max_rows: int
 ) -> dict:
-    from vectorgeo.stores.faiss import INDEX_FILES, FaissStore
+    from vectorgeo.stores.faiss import INDEX_FILES, METADATA_FILE, FaissStore
 
     prefix = index_prefix(name, h3_resolution)
-    meta = bucket.read_json(prefix + "metadata.json") if bucket.exists(prefix + "metadata.json") else {}
+    meta = bucket.read_json(prefix + METADATA_FILE) if bucket.exists(prefix + METADATA_FILE) else {}
     whole = all(bucket.exists(prefix + file) for file in INDEX_FILES)
     if meta.get("sources") == sources and meta.get("max_rows") is None and whole and not max_rows:
         logger.info("faiss index %s already matches its %d source parts: not rebuilt", prefix, len(parts))
@@ -146,7 +152,7 @@ def _load_faiss(
         store.finish_load(sources=None if max_rows else sources, model=name, h3_resolution=h3_resolution)
         count = store.count()
         store.close()
-        bucket.delete(prefix + "metadata.json")  # readers see no index while files change, never a mix
+        bucket.delete(prefix + METADATA_FILE)  # readers see no index while files change, never a mix
         for file in INDEX_FILES:  # metadata.json last: its presence means the index beside it is whole
             bucket.upload(Path(tmp) / file, prefix + file)
     return {"store": "faiss", "collection": prefix, "count": count, "parts_loaded": len(parts),
@@ -164,7 +170,7 @@ def write_search_sidecars(
 ) -> dict:
     """Write the search service's sidecars (score calibration, per-cell attributes) to the bucket, once.
 
-    They go under :func:`~vectorgeo.search_index.search_prefix`, ``calibration.json`` last, and are
+    They go under :func:`~vectorgeo.artifacts.search_prefix`, ``calibration.json`` last, and are
     not rebuilt while that file names the same source parts (by checksum) and settings. Class names
     and colours come from the model's sidecar legend (generic names when the model is not in the bucket).
 
@@ -196,11 +202,13 @@ def write_search_sidecars(
 
 def _legend_classes(bucket: Bucket, model_filename: str) -> list[dict] | None:
     """``[{"name", "color"}]`` per class from the model's sidecar, or None when the model is not in the bucket."""
-    key = model_keys(model_filename)["sidecar"]
-    if not bucket.exists(key):
+    try:
+        sidecar = read_model_sidecar(bucket, model_filename)
+    except NotFoundError:
+        key = model_keys(model_filename)["sidecar"]
         logger.warning("no model sidecar %s: classes get generic names in search explanations", key)
         return None
-    return [{"name": c["name"], "color": c.get("color")} for c in bucket.read_json(key)["legend"]["classes"]]
+    return [{"name": c["name"], "color": c.get("color")} for c in sidecar["legend"]["classes"]]
 
 
 def _without_secrets(url: str) -> str:

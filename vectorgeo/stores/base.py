@@ -184,7 +184,13 @@ class Match:
 
 @runtime_checkable
 class VectorStore(Protocol):
-    """What every store adapter offers. Vectors are float32 unit vectors."""
+    """What every store adapter offers. Vectors are float32 unit vectors.
+
+    An adapter may also set a class attribute ``thread_safe = True`` when ``search``, ``fetch`` and ``count``
+    may run from several threads at once (a pool of connections, a read-only memory-mapped index); the
+    search service then stops serialising its calls. Without it (the default) they run one at a time.
+    It is not a protocol member, so adapters without it still satisfy ``isinstance(store, VectorStore)``.
+    """
 
     def create(self, dim: int, *, wipe: bool = False) -> None:
         """Make the collection/table for ``dim``-long vectors; ``wipe`` drops existing data first."""

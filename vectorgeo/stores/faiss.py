@@ -17,6 +17,13 @@ The index type is chosen by size at :meth:`FaissStore.finish_load`: exact ``Inde
 ``flat_max_rows`` (50 000), ``IndexHNSWFlat`` (inner product, M=32) up to ``ivfpq_min_rows`` (2 000 000),
 ``IndexIVFPQ`` (inner product, 8-bit codes) above, where the HNSW graph (~260 bytes a row) would no longer
 fit a serving machine comfortably. Approximate candidates are always re-ranked exactly on the stored vectors.
+
+A built index is opened memory-mapped and read-only (the ``.npy`` arrays, and the FAISS index itself
+where FAISS can: ``IO_FLAG_MMAP_IFC`` covers the flat, HNSW and IVF-PQ indexes chosen here), so the
+worker processes of a server share one copy in the page cache instead of holding one each. Files are
+only ever replaced whole (written aside, then renamed), never rewritten in place under a mapping.
+Searches, fetches and counts on an opened index may run from several threads at once
+(:attr:`FaissStore.thread_safe`); loading must not overlap them.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 
 from vectorgeo.errors import InvalidInputError, NotFoundError, VectorGeoError
 from vectorgeo.stores.base import GeoFilter, Match
-from vectorgeo.stores.geogrid import cover_ranges, geo_cells
+from vectorgeo.stores.geogrid import cover_ranges, filter_bbox, geo_cells
 
 __all__ = ["INDEX_FILES", "FaissStore", "is_current"]
 
@@ -57,6 +64,26 @@ _HNSW_EF_SEARCH = 128
 _IVF_NPROBE = 32
 _IVF_RERANK = 8  # IVF-PQ fetches this many times k candidates for exact re-ranking
 _MAX_EF_SEARCH = 4096
+
+
+def _read_index(faiss: Any, path: Path) -> Any:
+    """The FAISS index at ``path``, memory-mapped read-only where this FAISS can, else read into memory."""
+    mmap = getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+    if mmap:
+        try:
+            return faiss.read_index(str(path), mmap | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError as exc:  # an index type FAISS cannot map
+            logger.warning("cannot memory-map %s (%s); reading it into memory", path, exc)
+    return faiss.read_index(str(path))
+
+
+def _map_arrays(directory: Path) -> tuple[np.ndarray, ...]:
+    """The ``.npy`` arrays of :data:`_ARRAY_FILES`, memory-mapped read-only, as plain ndarray views.
+
+    Plain views index several times faster than ``np.memmap`` objects (no Python-level ``__getitem__``),
+    and still read the mapped file.
+    """
+    return tuple(np.asarray(np.load(directory / name, mmap_mode="r")) for name in _ARRAY_FILES)
 
 
 def _tmp_path(path: Path) -> Path:
@@ -135,7 +162,7 @@ def _unit_rows(vectors: np.ndarray, what: str) -> np.ndarray:
 class FaissStore:
     """A :class:`~vectorgeo.stores.base.VectorStore` kept as FAISS index files in a local directory.
 
-    Opening a directory that holds a complete build loads it (the ``.npy`` arrays memory-mapped).
+    Opening a directory that holds a complete build maps it read-only (the ``.npy`` arrays and the index).
     Rows upserted since the last :meth:`finish_load` are searchable at once (exactly); they are
     indexed and written to disk only by :meth:`finish_load`.
 
@@ -150,6 +177,9 @@ class FaissStore:
         nprobe: IVF lists searched per query.
         seed: Seed of the IVF-PQ training sample.
     """
+
+    thread_safe = True
+    """Searches, fetches and counts may run from several threads at once; loading must not overlap them."""
 
     def __init__(
         self,
@@ -196,15 +226,13 @@ class FaissStore:
         d = self.directory
         self._meta = meta
         self._dim = int(meta["dim"])
-        self._h3, self._lat, self._lng, self._vectors, self._geo_order, self._geo_keys = (
-            np.load(d / name, mmap_mode="r") for name in _ARRAY_FILES
-        )
+        self._h3, self._lat, self._lng, self._vectors, self._geo_order, self._geo_keys = _map_arrays(d)
         if self._vectors.shape != (meta["count"], self._dim):
             raise VectorGeoError(
                 f"index in {d} is inconsistent: vectors {self._vectors.shape}, metadata count {meta['count']} "
                 f"dim {self._dim}; rebuild it (create(dim, wipe=True), upsert, finish_load)"
             )
-        self._index = self._faiss.read_index(str(d / _INDEX_FILE))
+        self._index = _read_index(self._faiss, d / _INDEX_FILE)
         logger.info("opened FAISS index %s: %d rows, %s", d, meta["count"], meta["index"]["type"])
 
     def _consolidate(self) -> None:
@@ -459,8 +487,13 @@ class FaissStore:
         if not len(starts) or not (ends > starts).any():
             return np.empty(0, np.int64)
         near = np.concatenate([np.asarray(self._geo_order[a:b]) for a, b in zip(starts, ends, strict=True) if b > a])
-        inside = geo.contains(self._lat[near], self._lng[near])
-        return np.sort(near[inside])
+        lat, lng = self._lat[near], self._lng[near]
+        if geo.bbox is None:  # a circle or polygon: its bounding box first (4 comparisons), the exact test after
+            west, south, east, north = filter_bbox(geo)
+            box = (lat >= south) & (lat <= north)
+            box &= (lng >= west) & (lng <= east) if west <= east else (lng >= west) | (lng <= east)
+            near, lat, lng = near[box], lat[box], lng[box]
+        return np.sort(near[geo.contains(lat, lng)])
 
     def _scores(self, q: np.ndarray, pos: np.ndarray) -> np.ndarray:
         if len(pos) == 0:
@@ -514,8 +547,10 @@ class FaissStore:
             params = faiss.SearchParameters()
         if sel is not None:
             params.sel = sel
+        # One query: OpenMP's fan-out costs more than it saves, worst on a busy machine. OpenMP keeps this
+        # setting per calling thread, so searches from several threads at once neither race on it nor undo it.
         threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # one query: OpenMP's fan-out costs more than it saves, worst on a busy machine
+        faiss.omp_set_num_threads(1)
         try:
             _, labels = self._index.search(q.reshape(1, -1), fetch, params=params)
         finally:
@@ -613,6 +648,4 @@ class FaissStore:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
         # Re-open the arrays as memory maps so the in-memory copies can be freed.
-        self._h3, self._lat, self._lng, self._vectors, self._geo_order, self._geo_keys = (
-            np.load(d / name, mmap_mode="r") for name in _ARRAY_FILES
-        )
+        self._h3, self._lat, self._lng, self._vectors, self._geo_order, self._geo_keys = _map_arrays(d)

@@ -23,19 +23,32 @@ of the circle; those few take the haversine, so answers are exactly
 built-in ``point <@ polygon`` (which counts points within 1e-6 degrees of an
 edge as inside).
 
-The connection never uses server-side prepared statements
-(``prepare_threshold=None``), so every query is planned with its real
-parameters rather than a generic plan.
+Connections come from a pool (``psycopg_pool``) that each process opens for itself: the store is
+thread-safe (:attr:`PgVectorStore.thread_safe`), so the threads of a server worker search at once
+on up to ``pool_max_size`` connections instead of queueing for one. A process forked from one that
+had opened the pool opens its own on first use and never touches the parent's connections. A
+connection found dead (the server restarted) is replaced and the search run once more. The
+settings a search plan needs (``hnsw.ef_search``, ``hnsw.iterative_scan``, ``enable_seqscan``, ...)
+are session settings of each pooled connection, sent only when they change, so a search is one
+round trip to the server, not four (``BEGIN``, ``SET LOCAL``, the query, ``COMMIT``). Loads and
+:meth:`PgVectorStore.connection` get a connection with its settings reset.
+
+Connections never use server-side prepared statements (``prepare_threshold=None``), so every
+query is planned with its real parameters rather than a generic plan.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import re
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -46,6 +59,7 @@ from vectorgeo.stores.geogrid import GEO_CELL_SQL, cover_ranges, filter_bbox
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg_pool import ConnectionPool
 
 __all__ = [
     "EmbeddedPgVectorStore",
@@ -73,6 +87,24 @@ def _valid_memory(value: str) -> bool:
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 _COPY_CHUNK_BYTES = 8 << 20
+
+_T = TypeVar("_T")
+
+_OPEN_STORES: weakref.WeakSet[PgVectorStore] = weakref.WeakSet()
+_INHERITED_POOLS: list[Any] = []
+"""Pools a forked child inherited: kept referenced, never used or closed (their sockets are the parent's)."""
+
+
+def _forget_pools_after_fork() -> None:
+    """In a forked child: every store opens its own pool on first use (the parent's threads did not follow)."""
+    for store in list(_OPEN_STORES):
+        store._pool_lock = threading.Lock()
+        if store._pool is not None:
+            _INHERITED_POOLS.append(store._pool)
+            store._pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def check_table_name(table: str) -> str:
@@ -215,10 +247,16 @@ class PgVectorStore:
         hnsw_ef_search: HNSW search candidate list size (raised to ``2k`` for large ``k``).
         exact_max_rows: Regions whose grid cells hold fewer rows than this are searched exactly.
         max_scan_tuples: Cap on tuples an iterative HNSW scan visits before giving up (then exact).
+        pool_min_size: Connections each process keeps open.
+        pool_max_size: Most connections each process opens: size it to the threads that search at once.
+        pool_timeout_s: Longest wait for a free connection (or for the server) before StoreUnavailableError.
 
     Raises:
         StoreUnavailableError: The server cannot be reached (the message names the host).
     """
+
+    thread_safe = True
+    """Searches, fetches and counts may run from several threads at once (each on its own pooled connection)."""
 
     def __init__(
         self,
@@ -231,10 +269,15 @@ class PgVectorStore:
         hnsw_ef_search: int = 100,
         exact_max_rows: int = 50_000,
         max_scan_tuples: int = 20_000,
+        pool_min_size: int = 1,
+        pool_max_size: int = 8,
+        pool_timeout_s: float = 10.0,
     ) -> None:
-        import psycopg
-
         self.table = check_table_name(table)
+        if not (isinstance(pool_min_size, int) and isinstance(pool_max_size, int) and pool_min_size >= 0):
+            raise InvalidInputError(f"pool sizes must be integers >= 0, got {pool_min_size!r} and {pool_max_size!r}")
+        if pool_max_size < max(1, pool_min_size):
+            raise InvalidInputError(f"pool_max_size must be >= 1 and >= pool_min_size, got {pool_max_size}")
         if maintenance_work_mem is not None and not _valid_memory(str(maintenance_work_mem)):
             raise InvalidInputError(
                 f"maintenance_work_mem must be a PostgreSQL memory size from 1MB to 2047GB such as '512MB' or "
@@ -246,16 +289,108 @@ class PgVectorStore:
         self.hnsw_ef_search = int(hnsw_ef_search)
         self.exact_max_rows = int(exact_max_rows)
         self.max_scan_tuples = int(max_scan_tuples)
-        try:
-            self._conn: psycopg.Connection = psycopg.connect(url, autocommit=True, prepare_threshold=None)
-        except psycopg.OperationalError as err:
-            host = _server_of(url)  # never log credentials
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL at {host}: {err}; check DATABASE_URL or start the embedded server"
-            ) from err
+        self.pool_min_size, self.pool_max_size, self.pool_timeout_s = pool_min_size, pool_max_size, pool_timeout_s
+        self._url = url
+        self._pool: ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
         self._dim: int | None = None
         self._unit_vectors: bool | None = None
+        self._hnsw = False  # once the HNSW index is seen it stays: indexes are only ever added
+        self._session: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
         self.last_plan: str | None = None  # "hnsw", "hnsw+exact" or "exact": the path the last search took
+        _OPEN_STORES.add(self)
+        self._pool_here()  # connects now: an unreachable server fails here, naming its host
+
+    # ------------------------------------------------------------ connections
+
+    def _pool_here(self) -> ConnectionPool:
+        """This process's pool, opened on first use (after a fork the child opens its own)."""
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._pool_lock:
+            if self._closed:
+                raise StoreUnavailableError(f"the pgvector store of table {self.table!r} is closed; open a new one")
+            if self._pool is None:
+                self._pool = self._open_pool()
+            return self._pool
+
+    def _open_pool(self) -> ConnectionPool:
+        import psycopg
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        options = {"autocommit": True, "prepare_threshold": None, "application_name": f"vectorgeo {self.table}"}
+        try:  # one direct connection first: its error says why the server cannot be reached
+            psycopg.connect(self._url, connect_timeout=max(1, round(self.pool_timeout_s)), **options).close()
+        except psycopg.OperationalError as err:
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL at {_server_of(self._url)}: {err}; check DATABASE_URL or start the "
+                "embedded server"
+            ) from err
+        pool = ConnectionPool(
+            self._url, kwargs=options, min_size=self.pool_min_size, max_size=self.pool_max_size, open=False,
+            timeout=self.pool_timeout_s, name=f"vectorgeo-{self.table}-{os.getpid()}",
+        )  # fmt: skip
+        try:
+            pool.open(wait=self.pool_min_size > 0, timeout=self.pool_timeout_s)
+        except PoolTimeout as err:
+            pool.close()
+            raise StoreUnavailableError(
+                f"cannot open {self.pool_min_size} connection(s) to PostgreSQL at {_server_of(self._url)} within "
+                f"{self.pool_timeout_s:g} s; check the server's max_connections"
+            ) from err
+        return pool
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A connection of this process's pool, for one job (a load, a maintenance step, a test).
+
+        Its session settings are the server's defaults (whatever searches changed on it is reset).
+
+        Raises:
+            StoreUnavailableError: No connection came free within ``pool_timeout_s``.
+        """
+        with self._pooled() as conn:
+            if self._session.pop(conn, None):
+                conn.execute("RESET ALL")
+            yield conn
+
+    @contextlib.contextmanager
+    def _pooled(self) -> Iterator[psycopg.Connection]:
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._pool_here().connection() as conn:
+                yield conn
+        except PoolTimeout as err:
+            raise StoreUnavailableError(
+                f"no connection to PostgreSQL at {_server_of(self._url)} came free within {self.pool_timeout_s:g} s "
+                f"({self.pool_max_size} per process); try again"
+            ) from err
+
+    def _run(self, job: Callable[[psycopg.Connection], _T]) -> _T:
+        """``job`` on a pooled connection; if that connection turns out dead, the pool is checked and ``job`` rerun.
+
+        Only for read-only jobs: one may run twice.
+        """
+        import psycopg
+
+        for attempt in (1, 2):
+            conn = None
+            try:
+                with self._pooled() as conn:
+                    return job(conn)
+            except psycopg.OperationalError as err:
+                if conn is None or not conn.broken:
+                    raise StoreUnavailableError(f"PostgreSQL at {_server_of(self._url)} failed: {err}") from err
+                if attempt == 2:
+                    raise StoreUnavailableError(
+                        f"lost the connection to PostgreSQL at {_server_of(self._url)} twice: {err}; try again"
+                    ) from err
+                logger.warning("a PostgreSQL connection was lost (%s); checking the pool and trying again", err)
+                self._pool_here().check()  # drops every dead idle connection, not just this one
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------- identifiers
 
@@ -266,30 +401,30 @@ class PgVectorStore:
 
     # ------------------------------------------------------------------ schema
 
-    def _table_dim(self) -> int | None:
+    def _table_dim(self, conn: psycopg.Connection) -> int | None:
         """The table's vector dimension, or None when the table does not exist."""
-        row = self._conn.execute(
+        row = conn.execute(
             "SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding'",
             [self.table],
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def _has_column(self, name: str) -> bool:
-        row = self._conn.execute(
+    def _has_column(self, conn: psycopg.Connection, name: str) -> bool:
+        row = conn.execute(
             "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped",
             [self.table, name],
         ).fetchone()
         return row is not None
 
-    def _has_unit_vectors(self) -> bool:
+    def _has_unit_vectors(self, conn: psycopg.Connection) -> bool:
         """Whether the table has the ux/uy/uz columns; tables from earlier versions get them at the next create()."""
         if self._unit_vectors is None:
-            self._unit_vectors = self._has_column("uz")
+            self._unit_vectors = self._has_column(conn, "uz")
         return self._unit_vectors
 
-    def _require_dim(self) -> int:
+    def _require_dim(self, conn: psycopg.Connection) -> int:
         if self._dim is None:
-            self._dim = self._table_dim()
+            self._dim = self._table_dim(conn)
             if self._dim is None:
                 raise NotFoundError(f"table {self.table!r} does not exist; call create(dim) or run setup_table first")
         return self._dim
@@ -305,18 +440,19 @@ class PgVectorStore:
         if not (isinstance(dim, int | np.integer) and 0 < int(dim) <= 16_000):
             raise InvalidInputError(f"dim must be an integer in 1..16000, got {dim!r}")
         dim = int(dim)
-        with self._conn.transaction():
-            self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with self.connection() as conn, conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             if wipe:
                 logger.warning("dropping table %s", self.table)
-                self._conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident()))
-            existing = self._table_dim()
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident()))
+                self._hnsw = False
+            existing = self._table_dim(conn)
             if existing is not None and existing != dim:
                 raise InvalidInputError(
                     f"table {self.table!r} holds {existing}-dimensional vectors, not {dim}; "
                     "use another table or recreate it with wipe=True"
                 )
-            self._conn.execute(
+            conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (h3 bigint PRIMARY KEY, lat double precision NOT NULL, "
                     "lng double precision NOT NULL, embedding vector({}) NOT NULL)"
@@ -326,9 +462,9 @@ class PgVectorStore:
             # table, which also rebuilds its indexes (HNSW included) under an exclusive lock.
             generated = {"geo_cell": ("integer", GEO_CELL_SQL)}
             generated |= {name: ("double precision", expr) for name, expr in _UNIT_VECTOR_COLUMNS.items()}
-            missing = [name for name in generated if not self._has_column(name)]
+            missing = [name for name in generated if not self._has_column(conn, name)]
             if missing:
-                rows = self._conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident())).fetchone()[0]
+                rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident())).fetchone()[0]
                 memory = self.maintenance_work_mem or hnsw_build_memory(int(rows), dim, self.hnsw_m)
                 logger.warning(
                     "adding %s to %s (%d rows): the table and its indexes are rewritten once; searches wait",
@@ -336,7 +472,7 @@ class PgVectorStore:
                     self.table,
                     rows,
                 )
-                self._conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [memory])
+                conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [memory])
                 add = sql.SQL(", ").join(
                     sql.SQL(f"ADD COLUMN IF NOT EXISTS {{}} {kind} GENERATED ALWAYS AS ({expr}) STORED").format(
                         sql.Identifier(name)
@@ -344,7 +480,7 @@ class PgVectorStore:
                     for name, (kind, expr) in generated.items()
                     if name in missing
                 )
-                self._conn.execute(sql.SQL("ALTER TABLE {} ").format(self._ident()) + add)
+                conn.execute(sql.SQL("ALTER TABLE {} ").format(self._ident()) + add)
         self._dim, self._unit_vectors = dim, None
 
     # -------------------------------------------------------------------- load
@@ -367,9 +503,13 @@ class PgVectorStore:
         Raises:
             InvalidInputError: Shapes disagree, the dimension is not the table's, or values are not finite.
         """
+        with self.connection() as conn:
+            return self._upsert(conn, h3, lat, lng, vectors)
+
+    def _upsert(self, conn: psycopg.Connection, h3: Any, lat: Any, lng: Any, vectors: Any) -> int:
         from psycopg import sql
 
-        dim = self._require_dim()
+        dim = self._require_dim(conn)
         h3 = np.asarray(h3, dtype=np.uint64).ravel()
         lat = np.asarray(lat, dtype=np.float64).ravel()
         lng = np.asarray(lng, dtype=np.float64).ravel()
@@ -391,17 +531,17 @@ class PgVectorStore:
             keep = np.sort(n - 1 - last)
             h3, lat, lng, vectors = h3[keep], lat[keep], lng[keep], vectors[keep]
         stream = copy_binary_rows(h3, lat, lng, vectors)
-        if self._copy_straight_in(stream):
+        if self._copy_straight_in(conn, stream):
             return len(h3)
         stage = self._ident("_stage")
-        with self._conn.transaction():
-            self._conn.execute(
+        with conn.transaction():
+            conn.execute(
                 sql.SQL(
                     "CREATE TEMP TABLE {} (h3 bigint, lat double precision, lng double precision, embedding vector) "
                     "ON COMMIT DROP"
                 ).format(stage)
             )
-            with self._conn.cursor() as cur:
+            with conn.cursor() as cur:
                 _copy_binary(cur, stage, stream)
                 cur.execute(
                     sql.SQL(
@@ -416,7 +556,7 @@ class PgVectorStore:
                 logger.debug("upserted %d rows into %s (%d new or changed)", len(h3), self.table, cur.rowcount)
         return len(h3)
 
-    def _copy_straight_in(self, stream: bytes) -> bool:
+    def _copy_straight_in(self, conn: psycopg.Connection, stream: bytes) -> bool:
         """Bulk loads of new ids: COPY straight into the table, no staging (several times faster).
 
         Returns False, having changed nothing, when some id already exists: the
@@ -425,7 +565,7 @@ class PgVectorStore:
         import psycopg
 
         try:
-            with self._conn.transaction(), self._conn.cursor() as cur:
+            with conn.transaction(), conn.cursor() as cur:
                 _copy_binary(cur, self._ident(), stream)
         except psycopg.errors.UniqueViolation:
             return False
@@ -440,20 +580,27 @@ class PgVectorStore:
         The HNSW build uses ``maintenance_work_mem``; building after the load
         is several times faster than maintaining the graph row by row.
         """
+        with self.connection() as conn:
+            dim = self._require_dim(conn)
+            memory = self.maintenance_work_mem or hnsw_build_memory(self._count(conn), dim, self.hnsw_m)
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory])
+            try:
+                self._build_indexes(conn, memory)
+            finally:
+                conn.execute("RESET maintenance_work_mem")  # the connection goes back to the pool
+
+    def _build_indexes(self, conn: psycopg.Connection, memory: str) -> None:
         from psycopg import sql
 
-        dim = self._require_dim()
-        memory = self.maintenance_work_mem or hnsw_build_memory(self.count(), dim, self.hnsw_m)
-        self._conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory])
-        self._conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._ident("_latlng")))  # before the grid
-        self._conn.execute(
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._ident("_latlng")))  # before the grid
+        conn.execute(
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (geo_cell)").format(self._ident("_geo"), self._ident())
         )
-        if not self._has_hnsw():
+        if not self._has_hnsw(conn):
             logger.info("clustering %s on its grid cells", self.table)
-            self._conn.execute(sql.SQL("CLUSTER {} USING {}").format(self._ident(), self._ident("_geo")))
+            conn.execute(sql.SQL("CLUSTER {} USING {}").format(self._ident(), self._ident("_geo")))
         logger.info("building the HNSW index on %s (maintenance_work_mem=%s)", self.table, memory)
-        self._conn.execute(
+        conn.execute(
             sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops) "
                 "WITH (m = {}, ef_construction = {})"
@@ -464,12 +611,11 @@ class PgVectorStore:
                 sql.Literal(self.hnsw_ef_construction),
             )
         )
-        self._conn.execute(sql.SQL("VACUUM ANALYZE {}").format(self._ident()))  # also lets counts be index-only
-        self._conn.execute("RESET maintenance_work_mem")
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(self._ident()))  # also lets counts be index-only
 
     # ------------------------------------------------------------------ search
 
-    def _geo_sql(self, geo: GeoFilter | None, *, indexable: bool) -> tuple[Any, list[Any]]:
+    def _geo_sql(self, geo: GeoFilter | None, *, indexable: bool, unit_vectors: bool) -> tuple[Any, list[Any]]:
         """The WHERE fragment for ``geo`` over a row source with ``lat``/``lng``.
 
         ``indexable=False`` hides lat/lng from any index (``lat + 0``), for the HNSW plan.
@@ -501,7 +647,7 @@ class PgVectorStore:
                 "+ cos(radians(%s)) * cos(radians(lat)) * sin(radians(lng - %s) / 2) ^ 2)))) <= %s"
             )
             haversine_params = [EARTH_RADIUS_M, geo.lat, geo.lat, geo.lng, geo.radius_km * 1000.0]
-            if self._has_unit_vectors():
+            if unit_vectors:
                 # The stored unit vectors decide every row farther than _DOT_MARGIN (a few cm) from the circle
                 # with one dot product; only rows on the edge take the haversine.
                 centre = _unit_vector(geo.lat, geo.lng)
@@ -527,7 +673,7 @@ class PgVectorStore:
         ).format(self._ident())
         return query, [lo.tolist(), hi.tolist()]
 
-    def _region_is_small(self, geo: GeoFilter | None) -> bool:
+    def _region_is_small(self, conn: psycopg.Connection, geo: GeoFilter | None) -> bool:
         """True when the filter's grid cells hold fewer than ``exact_max_rows`` rows (a capped, index-only count)."""
         from psycopg import sql
 
@@ -535,21 +681,22 @@ class PgVectorStore:
             return False
         rows, params = self._region_rows(geo, "1")
         query = sql.SQL("SELECT count(*) FROM ({} LIMIT %s) s").format(rows)
-        (n,) = self._conn.execute(query, [*params, self.exact_max_rows]).fetchone()
+        (n,) = conn.execute(query, [*params, self.exact_max_rows]).fetchone()
         return int(n) < self.exact_max_rows
 
     def _search_query(
-        self, plan: str, qvec: str, k: int, geo: GeoFilter | None, exclude_ids: list[int]
+        self, conn: psycopg.Connection, plan: str, qvec: str, k: int, geo: GeoFilter | None, exclude_ids: list[int]
     ) -> tuple[Any, list[Any]]:
         from psycopg import sql
 
+        unit_vectors = geo is not None and geo.is_radius and self._has_unit_vectors(conn)
         if plan == "exact":
-            columns = "t.h3, t.lat, t.lng, t.embedding" + (", t.ux, t.uy, t.uz" if self._has_unit_vectors() else "")
+            columns = "t.h3, t.lat, t.lng, t.embedding" + (", t.ux, t.uy, t.uz" if unit_vectors else "")
             if geo is None:
                 rows, row_params = sql.SQL("SELECT " + columns + " FROM {} t").format(self._ident()), []
             else:
                 rows, row_params = self._region_rows(geo, columns)
-            where, params = self._geo_sql(geo, indexable=True)
+            where, params = self._geo_sql(geo, indexable=True, unit_vectors=unit_vectors)
             # OFFSET 0 plans the region alone (btree range scans, as the cover asks) and keeps the filter above it;
             # "+ 0" keeps the ORDER BY from the HNSW index: a true exact scan, one distance per row inside
             query = sql.SQL(
@@ -558,7 +705,7 @@ class PgVectorStore:
                 "inside ORDER BY distance, h3 LIMIT %s"
             ).format(rows, where)
             return query, [qvec, *row_params, *params, exclude_ids, k]
-        where, params = self._geo_sql(geo, indexable=False)
+        where, params = self._geo_sql(geo, indexable=False, unit_vectors=unit_vectors)
         # relaxed_order may return rows slightly out of order: re-sort the materialized candidates
         query = sql.SQL(
             "WITH candidates AS MATERIALIZED (SELECT h3, lat, lng, embedding <=> %s::vector AS distance FROM {} "
@@ -567,19 +714,35 @@ class PgVectorStore:
         ).format(self._ident(), where)
         return query, [qvec, *params, exclude_ids, qvec, k]
 
-    def _set_hnsw_settings(self, k: int, filtered: bool) -> None:
-        """Transaction-local HNSW settings, in one round trip (a search is a few milliseconds: trips count)."""
-        settings = [
-            ("hnsw.ef_search", str(min(1000, max(self.hnsw_ef_search, 2 * k)))),
-            ("hnsw.iterative_scan", "relaxed_order" if filtered else "off"),
-            ("hnsw.max_scan_tuples", str(self.max_scan_tuples)),
-            ("enable_seqscan", "off"),  # with the btree hidden, this leaves the HNSW scan
-        ]
-        calls = ", ".join(["set_config(%s, %s, true)"] * len(settings))
-        self._conn.execute(f"SELECT {calls}", [v for pair in settings for v in pair])
+    def _settings(self, plan: str, k: int, geo: GeoFilter | None, filtered: bool) -> dict[str, str]:
+        """The session settings a query of ``plan`` runs under (those it does not name do not matter to it)."""
+        if plan == "hnsw":
+            return {
+                "hnsw.ef_search": str(min(1000, max(self.hnsw_ef_search, 2 * k))),
+                "hnsw.iterative_scan": "relaxed_order" if filtered else "off",
+                "hnsw.max_scan_tuples": str(self.max_scan_tuples),
+                "enable_seqscan": "off",  # with the btree hidden, this leaves the HNSW scan
+            }
+        # exact: a region's rows through the grid index (as the plan would choose anyway), a whole table in order
+        return {"enable_seqscan": "on" if geo is None else "off"}
 
-    def _prepare(self, vector: np.ndarray, k: int, exclude: tuple[int, ...]) -> tuple[str, list[int]]:
-        dim = self._require_dim()
+    def _use_settings(self, conn: psycopg.Connection, wanted: dict[str, str]) -> None:
+        """Make ``wanted`` this connection's session settings: one round trip when some differ, none otherwise.
+
+        A search is a few milliseconds: round trips count. The settings only steer plans (no result depends
+        on a setting left from an earlier search), and loads get a reset connection (:meth:`connection`).
+        """
+        current = self._session.setdefault(conn, {})
+        changed = [(name, value) for name, value in wanted.items() if current.get(name) != value]
+        if changed:
+            calls = ", ".join(["set_config(%s, %s, false)"] * len(changed))
+            conn.execute(f"SELECT {calls}", [v for pair in changed for v in pair])
+            current.update(changed)
+
+    def _prepare(
+        self, conn: psycopg.Connection, vector: np.ndarray, k: int, exclude: tuple[int, ...]
+    ) -> tuple[str, list[int]]:
+        dim = self._require_dim(conn)
         if not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         vector = np.asarray(vector, dtype=np.float32).ravel()
@@ -591,13 +754,19 @@ class PgVectorStore:
 
     def choose_plan(self, geo: GeoFilter | None) -> str:
         """``"exact"`` for a small region (or a table without HNSW index), else ``"hnsw"``."""
-        if not self._has_hnsw():
-            return "exact"
-        return "exact" if self._region_is_small(geo) else "hnsw"
+        return self._run(lambda conn: self._choose_plan(conn, geo))
 
-    def _has_hnsw(self) -> bool:
-        row = self._conn.execute("SELECT to_regclass(%s) IS NOT NULL", [self.table + "_hnsw"]).fetchone()
-        return bool(row[0])
+    def _choose_plan(self, conn: psycopg.Connection, geo: GeoFilter | None) -> str:
+        if not self._has_hnsw(conn):
+            return "exact"
+        return "exact" if self._region_is_small(conn, geo) else "hnsw"
+
+    def _has_hnsw(self, conn: psycopg.Connection) -> bool:
+        """Whether the table has its HNSW index; asked of the server until the answer is yes, then remembered."""
+        if not self._hnsw:
+            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [self.table + "_hnsw"]).fetchone()
+            self._hnsw = bool(row[0])
+        return self._hnsw
 
     def search(
         self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
@@ -609,26 +778,38 @@ class PgVectorStore:
         they use HNSW with an iterative scan, and fall back to exact search
         when that returns fewer than ``k`` rows, so ``k`` rows come back
         whenever ``k`` qualify. Score = 1 - cosine distance.
+
+        Raises:
+            InvalidInputError: ``k`` < 1, or the vector is not ``dim`` finite floats.
+            NotFoundError: The table does not exist.
+            StoreUnavailableError: The server cannot be reached, or no connection came free in time.
         """
-        qvec, exclude_ids = self._prepare(vector, k, exclude)
-        plan = self.choose_plan(geo)
+        rows, plan = self._run(lambda conn: self._search(conn, vector, k, geo, exclude))
+        self.last_plan = plan
+        if not rows:
+            return []
+        ids = _to_uint64([r[0] for r in rows]).tolist()
+        return [Match(i, float(r[1]), float(r[2]), float(r[3])) for i, r in zip(ids, rows, strict=True)]
+
+    def _search(
+        self, conn: psycopg.Connection, vector: np.ndarray, k: int, geo: GeoFilter | None, exclude: tuple[int, ...]
+    ) -> tuple[list[tuple[Any, ...]], str]:
+        qvec, exclude_ids = self._prepare(conn, vector, k, exclude)
+        plan = self._choose_plan(conn, geo)
+        filtered = geo is not None or bool(exclude_ids)
         rows: list[tuple[Any, ...]] = []
         if plan == "hnsw":
-            with self._conn.transaction():
-                self._set_hnsw_settings(k, filtered=geo is not None or bool(exclude_ids))
-                query, params = self._search_query("hnsw", qvec, k, geo, exclude_ids)
-                rows = self._conn.execute(query, params).fetchall()
+            query, params = self._search_query(conn, "hnsw", qvec, k, geo, exclude_ids)
+            self._use_settings(conn, self._settings("hnsw", k, geo, filtered))
+            rows = conn.execute(query, params).fetchall()
             if len(rows) < k:
                 logger.debug("HNSW returned %d < %d rows; falling back to exact search", len(rows), k)
                 plan = "hnsw+exact"
         if plan != "hnsw":
-            query, params = self._search_query("exact", qvec, k, geo, exclude_ids)
-            rows = self._conn.execute(query, params).fetchall()
-        self.last_plan = plan
-        if not rows:
-            return []
-        ids = _to_uint64([r[0] for r in rows])
-        return [Match(int(i), float(r[1]), float(r[2]), float(r[3])) for i, r in zip(ids, rows, strict=True)]
+            query, params = self._search_query(conn, "exact", qvec, k, geo, exclude_ids)
+            self._use_settings(conn, self._settings("exact", k, geo, filtered))
+            rows = conn.execute(query, params).fetchall()
+        return rows, plan
 
     def explain_search(
         self, vector: np.ndarray, k: int, *, geo: GeoFilter | None = None, exclude: tuple[int, ...] = ()
@@ -636,14 +817,14 @@ class PgVectorStore:
         """The plan PostgreSQL uses for :meth:`search`'s first query, under the same settings and parameters."""
         from psycopg import sql
 
-        qvec, exclude_ids = self._prepare(vector, k, exclude)
-        plan = self.choose_plan(geo)
-        query, params = self._search_query(plan, qvec, k, geo, exclude_ids)
-        with self._conn.transaction():
-            if plan == "hnsw":
-                self._set_hnsw_settings(k, filtered=geo is not None or bool(exclude_ids))
-            rows = self._conn.execute(sql.SQL("EXPLAIN (COSTS OFF) ") + query, params).fetchall()
-        return "\n".join(r[0] for r in rows)
+        def explain(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+            qvec, exclude_ids = self._prepare(conn, vector, k, exclude)
+            plan = self._choose_plan(conn, geo)
+            query, params = self._search_query(conn, plan, qvec, k, geo, exclude_ids)
+            self._use_settings(conn, self._settings(plan, k, geo, geo is not None or bool(exclude_ids)))
+            return conn.execute(sql.SQL("EXPLAIN (COSTS OFF) ") + query, params).fetchall()
+
+        return "\n".join(r[0] for r in self._run(explain))
 
     # ------------------------------------------------------------- fetch/count
 
@@ -655,26 +836,36 @@ class PgVectorStore:
         """
         from psycopg import sql
 
-        self._require_dim()
         key = int(_to_int64(np.array([h3], dtype=np.uint64))[0])
-        row = self._conn.execute(
-            sql.SQL("SELECT embedding::real[], lat, lng FROM {} WHERE h3 = %s").format(self._ident()), [key]
-        ).fetchone()
+
+        def fetch(conn: psycopg.Connection) -> tuple[Any, ...] | None:
+            self._require_dim(conn)
+            query = sql.SQL("SELECT embedding::real[], lat, lng FROM {} WHERE h3 = %s").format(self._ident())
+            return conn.execute(query, [key]).fetchone()
+
+        row = self._run(fetch)
         if row is None:
             raise NotFoundError(f"cell {int(h3)} ({int(h3):x}) is not in table {self.table!r}")
         return np.asarray(row[0], dtype=np.float32), float(row[1]), float(row[2])
 
     def count(self) -> int:
         """Rows stored."""
+        return self._run(self._count)
+
+    def _count(self, conn: psycopg.Connection) -> int:
         from psycopg import sql
 
-        self._require_dim()
-        (n,) = self._conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident())).fetchone()
+        self._require_dim(conn)
+        (n,) = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident())).fetchone()
         return int(n)
 
     def close(self) -> None:
-        """Close the connection (the server keeps running)."""
-        self._conn.close()
+        """Close this process's pool and its connections (the server keeps running); idempotent."""
+        with self._pool_lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        _OPEN_STORES.discard(self)
+        if pool is not None:
+            pool.close()
 
     def __enter__(self) -> PgVectorStore:
         return self
@@ -691,6 +882,7 @@ class EmbeddedPgVectorStore(PgVectorStore):
 
         self.server = EmbeddedPostgres(Path(cluster_dir))
         url = self.server.start()
+        self._server_pid = os.getpid()
         try:
             super().__init__(url, table=table, **options)
         except BaseException:
@@ -698,11 +890,12 @@ class EmbeddedPgVectorStore(PgVectorStore):
             raise
 
     def close(self) -> None:
-        """Close the connection, then stop the server."""
+        """Close the pool, then stop the server (only in the process that started it, never in a forked child)."""
         try:
             super().close()
         finally:
-            self.server.stop()
+            if os.getpid() == self._server_pid:
+                self.server.stop()
 
 
 def setup_table(url: str, table: str, dim: int, *, wipe_existing: bool, confirm: Callable[[str], bool]) -> int:
@@ -723,8 +916,9 @@ def setup_table(url: str, table: str, dim: int, *, wipe_existing: bool, confirm:
         NotConfirmedError: ``confirm`` declined to wipe a non-empty table.
         InvalidInputError: The table exists with another dimension and ``wipe_existing`` is False.
     """
-    with PgVectorStore(url, table) as store:
-        existing_dim = store._table_dim()
+    with PgVectorStore(url, table, pool_max_size=1) as store:
+        with store.connection() as conn:
+            existing_dim = store._table_dim(conn)
         if wipe_existing and existing_dim is not None:
             n = store.count()
             if n > 0:

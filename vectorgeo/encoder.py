@@ -1,4 +1,4 @@
-"""Keras 3 patch encoder and its model files (``.keras`` + JSON sidecar).
+"""The Keras 3 patch encoder: its configuration, its custom layers, building it and embedding with it.
 
 The encoder maps a uint8 ``(P, P)`` class-index patch (plus, optionally, a
 float32 DEM patch in metres) to an L2-normalised float32 embedding. One-hot
@@ -6,47 +6,48 @@ encoding and DEM normalisation happen inside the model, so callers feed raw
 class indices (one byte per pixel) and raw metres. The model uses only
 ``keras`` and ``keras.ops``: a ``.keras`` file saved under TensorFlow loads and
 runs under ``KERAS_BACKEND=jax`` or ``torch``. Training lives in
-:mod:`vectorgeo.training`, its objectives in :mod:`vectorgeo.losses`.
+:mod:`vectorgeo.training`, its objectives in :mod:`vectorgeo.losses`, the model
+files (``.keras`` + JSON sidecar) in :mod:`vectorgeo.model_files`.
 
-Keras is imported lazily, so ``import vectorgeo.model`` never loads
-TensorFlow. Call :func:`load_model`, or touch any model function, before
-``keras.saving.load_model`` so the custom layers are registered.
+Keras is imported lazily, so ``import vectorgeo.encoder`` never loads
+TensorFlow. Call :func:`register_layers` (or any function that builds or loads
+a model) before ``keras.saving.load_model`` so the custom layers are registered.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import logging
-import os
-import tempfile
-import zipfile
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vectorgeo.errors import InvalidInputError, NotFoundError
-from vectorgeo.legends import NODATA_INDEX, Legend
+from vectorgeo.errors import InvalidInputError
+from vectorgeo.legends import NODATA_INDEX
 
 if TYPE_CHECKING:
     import keras
 
 __all__ = [
+    "ENCODER_DEFAULTS",
     "EncoderConfig",
     "build_encoder",
-    "check_compatible",
     "embed",
-    "load_model",
-    "replace_atomically",
-    "save_model",
+    "register_layers",
 ]
 
-logger = logging.getLogger(__name__)
-
 _SE_RATIO = 4  # squeeze-and-excitation bottleneck: channels // 4
+
+ENCODER_DEFAULTS = {
+    "embed_dim": 16,
+    "num_filters": 32,
+    "n_conv_blocks": 3,
+    "use_se": True,
+    "use_dem": False,
+    "composition_skip": True,
+}
+"""Architecture settings flow 02 and the tuning flow pass to :class:`EncoderConfig` (the pipeline's defaults)."""
 
 
 @dataclass
@@ -121,8 +122,11 @@ def _keras():
 
 
 @functools.cache
-def _lazy() -> SimpleNamespace:
-    """Define (once) the classes that subclass Keras types, and register them."""
+def register_layers() -> SimpleNamespace:
+    """Define (once) the custom layers, which subclass Keras types, and register them for loading.
+
+    Call it before ``keras.saving.load_model`` on an encoder file (:func:`vectorgeo.model_files.load_model` does).
+    """
     keras = _keras()
     ops = keras.ops
     register = keras.saving.register_keras_serializable(package="vectorgeo")
@@ -178,7 +182,7 @@ def build_encoder(config: EncoderConfig) -> keras.Model:
     1x1 projection shortcut, stride 2, width doubling), global average pooling, Dense, L2
     normalisation.
     """
-    keras, lz = _keras(), _lazy()
+    keras, lz = _keras(), register_layers()
     layers = keras.layers
     p = config.patch_px
     inputs = {"classes": keras.Input((p, p), dtype="uint8", name="classes")}
@@ -223,7 +227,7 @@ def embed(
     last batch is padded to full size so JAX compiles one shape only.
 
     Args:
-        encoder: From :func:`build_encoder` / :func:`load_model`.
+        encoder: From :func:`build_encoder` / :func:`vectorgeo.model_files.load_model`.
         classes: uint8 ``(N, P, P)`` class indices (other integer dtypes are narrowed).
         dem: float ``(N, P, P)`` metres; required when the encoder has a DEM input.
         batch_size: Patches per call.
@@ -253,145 +257,3 @@ def embed(
             }
         out[s : s + m] = np.asarray(encoder.predict_on_batch(chunk))[:m]
     return out
-
-
-def _model_paths(path: str | Path) -> tuple[Path, Path]:
-    path = Path(path)
-    model = path if path.suffix == ".keras" else path.with_name(path.name + ".keras")
-    return model, model.with_suffix(".json")
-
-
-def _json_default(value: Any):
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"sidecar value {value!r} of type {type(value).__name__} is not JSON-serialisable")
-
-
-def replace_atomically(target: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary beside ``target``, then move it into place (never a half file)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def save_model(encoder: keras.Model, path: str | Path, sidecar: dict) -> tuple[Path, Path]:
-    """Write ``{name}.keras`` and its ``{name}.json`` sidecar, each atomically.
-
-    Args:
-        encoder: From :func:`build_encoder` or :func:`train_encoder`.
-        path: ``models/{name}.keras`` (the suffix is added when missing).
-        sidecar: What the caller knows: at least ``legend`` (:meth:`Legend.to_dict`) and
-            ``pixel_size_m``; usually training parameters and metrics too. This function adds
-            ``encoder_config``, ``patch_px``, ``embed_dim``, ``channels``, ``dem_normalisation``,
-            ``keras_version`` and ``keras_backend``.
-
-    Returns:
-        ``(model_path, sidecar_path)``. Each file is written to a temporary in the same
-        directory and moved into place with ``os.replace``; the sidecar lands last.
-
-    Raises:
-        InvalidInputError: missing sidecar keys, or a legend whose class count differs from the encoder's.
-    """
-    keras = _keras()
-    config: EncoderConfig | None = getattr(encoder, "vg_config", None)
-    if config is None:
-        raise InvalidInputError("encoder has no vg_config; build it with build_encoder() or load it with load_model()")
-    missing = {"legend", "pixel_size_m"} - set(sidecar)
-    if missing:
-        raise InvalidInputError(f"sidecar lacks {sorted(missing)}; pass the legend dict and the raster's pixel size")
-    n_legend = len(Legend.from_dict(sidecar["legend"]).codes)
-    if n_legend != config.n_classes:
-        raise InvalidInputError(f"legend has {n_legend} classes but the encoder one-hot encodes {config.n_classes}")
-    meta = {
-        **sidecar,
-        "encoder_config": config.to_dict(),
-        "patch_px": config.patch_px,
-        "embed_dim": config.embed_dim,
-        "channels": ["classes", "dem"] if config.use_dem else ["classes"],
-        "dem_normalisation": {"mean_m": config.dem_mean_m, "std_m": config.dem_std_m} if config.use_dem else None,
-        "keras_version": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-    }
-    text = json.dumps(meta, indent=2, default=_json_default)
-    model_path, json_path = _model_paths(path)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(model_path, encoder.save)
-    replace_atomically(json_path, lambda tmp: Path(tmp).write_text(text))
-    logger.info("saved %s and %s", model_path, json_path)
-    return model_path, json_path
-
-
-def load_model(path: str | Path) -> tuple[keras.Model, dict]:
-    """Load an encoder and its sidecar under whatever Keras backend is active.
-
-    Args:
-        path: ``{name}.keras`` (or ``{name}``); the sidecar ``{name}.json`` must sit beside it.
-
-    Returns:
-        ``(encoder, sidecar)``; ``encoder.vg_config`` is the sidecar's :class:`EncoderConfig`.
-
-    Raises:
-        NotFoundError: no model file.
-        InvalidInputError: sidecar missing or malformed, or a corrupt model file.
-    """
-    model_path, json_path = _model_paths(path)
-    if not model_path.is_file():
-        raise NotFoundError(
-            f"model file {str(model_path)!r} does not exist; train one (flows/02_train_flow.py) "
-            "or check --model_filename and the bucket"
-        )
-    if not json_path.is_file():
-        raise InvalidInputError(
-            f"model sidecar {str(json_path)!r} is missing beside {model_path.name!r}; "
-            "copy it from where the model was trained or re-save the model with vectorgeo.model.save_model()"
-        )
-    try:
-        sidecar = json.loads(json_path.read_text())
-        config = EncoderConfig.from_dict(sidecar["encoder_config"])
-        Legend.from_dict(sidecar["legend"])
-        int(sidecar["patch_px"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InvalidInputError(
-            f"model sidecar {str(json_path)!r} is malformed ({type(exc).__name__}: {exc}); it needs JSON with "
-            "encoder_config, legend and patch_px, as written by vectorgeo.model.save_model()"
-        ) from exc
-    _lazy()  # register the custom layers
-    try:
-        encoder = _keras().saving.load_model(model_path, compile=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise InvalidInputError(
-            f"model file {str(model_path)!r} is not a readable .keras archive ({exc}); re-download or retrain it"
-        ) from exc
-    encoder.vg_config = config
-    return encoder, sidecar
-
-
-def check_compatible(sidecar: dict, legend: Legend | dict, patch_px: int) -> None:
-    """Check that inference is about to feed the model what it was trained on.
-
-    Args:
-        sidecar: From :func:`load_model`.
-        legend: The legend of the raster about to be read.
-        patch_px: The patch size about to be extracted, pixels.
-
-    Raises:
-        InvalidInputError: class codes or patch size differ; the message names both values.
-    """
-    model_legend = Legend.from_dict(sidecar["legend"])
-    legend = legend if isinstance(legend, Legend) else Legend.from_dict(legend)
-    if tuple(model_legend.codes) != tuple(legend.codes):
-        raise InvalidInputError(
-            f"the model was trained on legend {model_legend.name!r} (codes {list(model_legend.codes)}) but the raster "
-            f"uses legend {legend.name!r} (codes {list(legend.codes)}); use a model trained on this legend"
-        )
-    if int(sidecar["patch_px"]) != int(patch_px):
-        raise InvalidInputError(
-            f"the model expects {sidecar['patch_px']} px patches but inference would extract {patch_px} px; "
-            f"set the patch size to {sidecar['patch_px']} or use a model trained on {patch_px} px patches"
-        )
