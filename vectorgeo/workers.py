@@ -101,6 +101,7 @@ def run_worker(sock: socket.socket, spec: WorkerSpec, ready: Connection) -> None
     from vectorgeo.http_protocols import MAX_HEAD_BYTES, protocol_class
 
     logging.basicConfig(level=spec.log_level, format=_LOG_FORMAT)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-variant probing reads like a failure
     stopped = threading.Event()  # a stop while starting skips serving; uvicorn re-raises its signal here after it
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
