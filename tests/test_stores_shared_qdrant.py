@@ -44,6 +44,15 @@ def _load_elsewhere(path: str, answer: Connection) -> None:
         answer.send(f"{type(exc).__name__}: {exc}")
 
 
+def _open_store_elsewhere(path: str, answer: Connection) -> None:
+    """In another process: what the store says when its shard is open elsewhere."""
+    try:
+        QdrantEdgeStore(path)
+        answer.send("opened")
+    except Exception as exc:
+        answer.send(f"{type(exc).__name__}: {exc}")
+
+
 class Host:
     """An :class:`EdgeShardHost` in a spawned process, as the server runs it."""
 
@@ -89,6 +98,13 @@ def test_a_second_process_cannot_open_a_shard_that_is_open(shard):
     )
     process.join(30)
     assert owner.count() == N  # the failed open left the shard as it was
+    process = SPAWN.Process(target=_open_store_elsewhere, args=(str(path), send))
+    process.start()
+    assert receive.recv() == (  # the store names the cause and the fix, not the binding's WAL error
+        "StoreUnavailableError: the Qdrant Edge shard is open in another process (a running `vectorgeo serve`, "
+        "or flow 04 loading it): stop that process, or ask another store"
+    )
+    process.join(30)
     owner.close()
 
 

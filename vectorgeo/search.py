@@ -404,6 +404,8 @@ class SearchService:
             if vs is not None:
                 vs.close()
             logger.warning("cannot open store %s: %r", kind, exc)
+            if isinstance(exc, StoreUnavailableError):  # the store's own reason, with its fix
+                raise
             if isinstance(exc, NotFoundError):
                 raise StoreUnavailableError(
                     f"store {kind!r} holds no index of model {self.model!r} at resolution {self.h3_resolution}; "

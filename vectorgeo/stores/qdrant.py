@@ -561,7 +561,15 @@ class QdrantEdgeStore:
     def _open(self) -> None:
         from qdrant_edge import EdgeShard
 
-        self._shard = EdgeShard.load(str(self.path))
+        try:
+            self._shard = EdgeShard.load(str(self.path))
+        except Exception as exc:  # the binding raises plain exceptions; this one has a fix the user can apply
+            if "WouldBlock" in str(exc):
+                raise StoreUnavailableError(
+                    "the Qdrant Edge shard is open in another process (a running `vectorgeo serve`, or flow 04 "
+                    "loading it): stop that process, or ask another store"
+                ) from exc
+            raise
         vectors = json.loads(self._config_file.read_text()).get("vectors", {})
         params = vectors.get("", next(iter(vectors.values()), None))
         self._dim = int(params["size"]) if params else None
