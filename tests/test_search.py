@@ -392,8 +392,9 @@ def test_threads_searching_every_store_at_once_get_the_answers_of_one_thread(ser
     assert together == alone * 2
 
 
-def test_a_store_that_fails_is_reopened_once_by_the_next_request(data):
-    opened = []
+@pytest.mark.parametrize("thread_safe", [False, True])
+def test_a_store_that_fails_is_reopened_unless_other_threads_share_it(data, thread_safe):
+    opened, closed = [], []
 
     class Breaks(_CountingStore):
         calls = 0
@@ -404,11 +405,18 @@ def test_a_store_that_fails_is_reopened_once_by_the_next_request(data):
                 raise RuntimeError("connection reset")
             return 1
 
+        def close(self) -> None:
+            closed.append(self)
+
     def opener():
-        opened.append(Breaks(thread_safe=True))
+        opened.append(Breaks(thread_safe=thread_safe))
         return opened[-1]
 
-    service = SearchService({"pooled": opener}, model="m", h3_resolution=RES)
+    service = SearchService({"store": opener}, model="m", h3_resolution=RES)
     assert service.health()["reachable"]  # opens the first store (its first call) and counts (its second)
-    assert service.health()["status"] == "unavailable"  # it fails: dropped
-    assert service.health()["reachable"] and len(opened) == 2  # the next request opens a new one
+    assert service.health()["status"] == "unavailable"  # it fails: a 503 for this request
+    assert service.health()["reachable"]
+    if thread_safe:  # other threads may be inside it: kept open (a pool heals itself), never closed under them
+        assert (len(opened), closed) == (1, [])
+    else:  # one caller at a time: dropped, and the next request opens a new one
+        assert (len(opened), closed) == (2, opened[:1])

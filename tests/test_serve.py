@@ -307,6 +307,24 @@ def test_bodies_over_the_limit_are_413_unread(base):
     assert error_of(body) == f"the body is over {MAX_BODY_BYTES} bytes; at most {MAX_BODY_BYTES}"
 
 
+def test_a_large_valid_body_in_one_read_is_answered(base, h11_base, data):
+    """A body over the head's limit is not a head: a 4,096-number vector is answered by the API itself."""
+    payload = b'{"vector":[' + b",".join([b"0.12345678901234"] * 4096) + b'],"k":3}'  # ~70 KB
+    assert MAX_HEAD_BYTES < len(payload) < MAX_BODY_BYTES
+    head = b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(payload)
+    for server in (base, h11_base):
+        status, _, body, _ = raw(server, head + payload)  # one sendall: head and body in the same reads
+        assert status != 400 or not error_of(body).startswith("malformed HTTP request"), error_of(body)
+        assert status in (200, 400), body[:200]
+
+
+def test_a_whole_head_over_the_limit_in_one_read_is_a_400(base):
+    message = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n"
+    status, headers, body, _ = raw(base, message)
+    assert (status, headers["connection"]) == (400, "close")
+    assert error_of(body).startswith("malformed HTTP request")
+
+
 def test_a_body_left_unread_is_never_taken_for_a_request(base):
     inner = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
     head = f"POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: {len(inner)}\r\n\r\n".encode()

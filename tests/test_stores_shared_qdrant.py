@@ -101,7 +101,7 @@ def test_a_second_process_cannot_open_a_shard_that_is_open(shard):
     process = SPAWN.Process(target=_open_store_elsewhere, args=(str(path), send))
     process.start()
     assert receive.recv() == (  # the store names the cause and the fix, not the binding's WAL error
-        "StoreUnavailableError: the Qdrant Edge shard is open in another process (a running `vectorgeo serve`, "
+        "StoreBusyError: the Qdrant Edge shard is open in another process (a running `vectorgeo serve`, "
         "or flow 04 loading it): stop that process, or ask another store"
     )
     process.join(30)

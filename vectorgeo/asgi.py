@@ -60,7 +60,7 @@ def site_file(root: Path, name: str) -> Path | None:
     try:
         target = (root / name).resolve()  # resolves "..", and symlinks that lead out of the site
         if target.is_dir():
-            target = target / "index.html"
+            target = (target / "index.html").resolve()  # an index.html symlink must not lead out either
         return target if target.is_relative_to(root) and target.is_file() else None
     except (OSError, ValueError):  # a name too long for the file system, say
         return None

@@ -61,3 +61,7 @@ class NotConfirmedError(VectorGeoError, PermissionError):
 
 class StoreUnavailableError(VectorGeoError, ConnectionError):
     """A vector-store server cannot be reached; the message names it (never its credentials)."""
+
+
+class StoreBusyError(StoreUnavailableError):
+    """An embedded store is held by another process; the message says which kind and what to do (no paths)."""

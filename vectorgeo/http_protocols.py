@@ -45,10 +45,18 @@ class JsonErrorsH11Protocol(H11Protocol):
 
 
 class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; a request it cannot parse, or a head over :data:`MAX_HEAD_BYTES`, is a 400."""
+    """uvicorn's httptools protocol; a request it cannot parse, or a head over :data:`MAX_HEAD_BYTES`, is a 400.
 
-    _in_head = True
-    _head_bytes = 0
+    The head is measured two ways, each against the limit: in the parser's callbacks (the URL and each
+    complete header), so a body never counts and a whole head cannot slip past the limit inside one read;
+    and by the bytes of the reads that end with a head still open, so a head that never ends is refused
+    too (httptools reports a header only once its value is complete). A read that ends one request and
+    opens the next head counts whole (a pipelining client may see the limit a little early).
+    """
+
+    _head_bytes = 0  # URL and header bytes of the current head, from the callbacks
+    _open_head_reads = 0  # bytes of the reads that ended with the current head incomplete
+    _in_head = False
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(BAD_REQUEST)
@@ -56,19 +64,33 @@ class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():  # still no end of the head: count what it holds
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
+        if self._in_head and not self.transport.is_closing():
+            self._open_head_reads += len(data)
+            if self._open_head_reads > MAX_HEAD_BYTES:
                 self.logger.warning("request head over %d bytes", MAX_HEAD_BYTES)
                 self.send_400_response("")
+
+    def on_message_begin(self) -> None:
+        self._head_bytes, self._open_head_reads, self._in_head = 0, 0, True
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
 
-    def on_message_complete(self) -> None:
-        self._in_head, self._head_bytes = True, 0
-        super().on_message_complete()
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES:  # raised in a callback: httptools reports a parse error, a 400
+            self.logger.warning("request head over %d bytes", MAX_HEAD_BYTES)
+            raise ValueError(f"request head over {MAX_HEAD_BYTES} bytes")
 
 
 def protocol_class(http: str) -> type:

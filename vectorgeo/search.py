@@ -39,6 +39,7 @@ from vectorgeo.errors import (
     BucketKeyNotFoundError,
     InvalidInputError,
     NotFoundError,
+    StoreBusyError,
     StoreUnavailableError,
     VectorGeoError,
 )
@@ -404,7 +405,7 @@ class SearchService:
             if vs is not None:
                 vs.close()
             logger.warning("cannot open store %s: %r", kind, exc)
-            if isinstance(exc, StoreUnavailableError):  # the store's own reason, with its fix
+            if isinstance(exc, StoreBusyError):  # the store's own reason, with its fix (and no address)
                 raise
             if isinstance(exc, NotFoundError):
                 raise StoreUnavailableError(
@@ -424,16 +425,20 @@ class SearchService:
         resolving, post-filtering and shaping the answer run outside it.
         """
         vs = self._store(kind)
+        shared = getattr(vs, "thread_safe", False)
         try:
-            if getattr(vs, "thread_safe", False):
+            if shared:
                 return fn(vs)
             with self._locks[kind]:
                 return fn(vs)
         except VectorGeoError:
             raise
         except Exception as exc:
-            logger.exception("store %s failed; it will be reopened on the next request", kind)
-            self._drop(kind, vs)
+            if shared:  # other threads are inside it; it heals itself (the pool replaces dead connections)
+                logger.exception("store %s failed to answer", kind)
+            else:
+                logger.exception("store %s failed; it will be reopened on the next request", kind)
+                self._drop(kind, vs)
             raise StoreUnavailableError(f"store {kind!r} failed to answer; try again") from exc
 
     def _drop(self, kind: str, vs: VectorStore | None = None) -> None:

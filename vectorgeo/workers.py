@@ -129,6 +129,13 @@ def run_worker(sock: socket.socket, spec: WorkerSpec, ready: Connection) -> None
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
     server = uvicorn.Server(config)
+
+    def stop(*_: object) -> None:  # a signal before uvicorn installs its own handlers must still stop it
+        stopped.set()
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     _exit_with_parent(lambda: setattr(server, "should_exit", True))
     ready.send(("ready", os.getpid()))
     ready.close()

@@ -752,10 +752,6 @@ class PgVectorStore:
             )
         return _vector_literal(vector), _to_int64(np.asarray(exclude, dtype=np.uint64)).tolist()
 
-    def choose_plan(self, geo: GeoFilter | None) -> str:
-        """``"exact"`` for a small region (or a table without HNSW index), else ``"hnsw"``."""
-        return self._run(lambda conn: self._choose_plan(conn, geo))
-
     def _choose_plan(self, conn: psycopg.Connection, geo: GeoFilter | None) -> str:
         if not self._has_hnsw(conn):
             return "exact"

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vectorgeo.errors import InvalidInputError, NotFoundError, StoreUnavailableError
+from vectorgeo.errors import InvalidInputError, NotFoundError, StoreBusyError, StoreUnavailableError
 from vectorgeo.stores.base import GeoFilter, Match
 from vectorgeo.stores.geogrid import cover_ranges, geo_cells
 
@@ -565,7 +565,7 @@ class QdrantEdgeStore:
             self._shard = EdgeShard.load(str(self.path))
         except Exception as exc:  # the binding raises plain exceptions; this one has a fix the user can apply
             if "WouldBlock" in str(exc):
-                raise StoreUnavailableError(
+                raise StoreBusyError(
                     "the Qdrant Edge shard is open in another process (a running `vectorgeo serve`, or flow 04 "
                     "loading it): stop that process, or ask another store"
                 ) from exc

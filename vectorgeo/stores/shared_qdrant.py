@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vectorgeo.errors import InvalidInputError
+from vectorgeo.errors import InvalidInputError, VectorGeoError
 from vectorgeo.stores.base import GeoFilter, Match
 
 __all__ = ["READ_CALLS", "EdgeShardAddress", "EdgeShardHost", "SharedEdgeStore", "run_edge_shard_host"]
@@ -136,8 +136,10 @@ class EdgeShardHost:
                     reply = ("ok", getattr(self.open_store(), name)(*args, **kwargs))
                 except (KeyboardInterrupt, SystemExit):
                     raise
-                except BaseException as exc:  # pyo3's PanicException is a BaseException: it must reach the caller
+                except VectorGeoError as exc:  # the project's own errors travel as themselves
                     reply = ("err", exc)
+                except BaseException as exc:  # anything else (pyo3's PanicException, say) as a class every side has
+                    reply = ("err", RuntimeError(f"{type(exc).__name__}: {exc}"))
                 try:
                     conn.send(reply)
                 except (EOFError, OSError):
