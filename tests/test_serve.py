@@ -7,6 +7,7 @@ embedded PostgreSQL started once by the supervisor. Raw sockets send what ``http
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,19 +71,31 @@ def start_cli(command: list[str], cache_dir: Path) -> tuple[subprocess.Popen, st
     proc = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
     )  # its own process group, as a service manager runs it
+    log.close()  # the child holds its own copy
     proc.log_path = cache_dir / "server.log"
-    for line in proc.stdout:
-        match = re.search(r"open (http://\S+/)", line)
-        if match:
-            return proc, match.group(1)
-    proc.wait(timeout=60)
+    timer = threading.Timer(180, lambda: os.killpg(proc.pid, signal.SIGKILL))  # a server that never prints a URL
+    timer.start()
+    try:
+        for line in proc.stdout:
+            match = re.search(r"open (http://\S+/)", line)
+            if match:
+                return proc, match.group(1)
+        proc.wait(timeout=60)
+    finally:
+        timer.cancel()
     raise AssertionError(f"the server printed no URL; exit {proc.returncode}: {proc.log_path.read_text()[-3000:]}")
 
 
 def stop_cli(proc: subprocess.Popen, signum: int = signal.SIGTERM) -> str:
-    """Signal the server, wait for it to exit, and return its log."""
+    """Signal the server, wait for it to exit, and return its log; a server that will not stop is killed."""
     proc.send_signal(signum)
-    proc.communicate(timeout=90)
+    try:
+        proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
     return proc.log_path.read_text()
 
 

@@ -334,8 +334,10 @@ class PgVectorStore:
         )  # fmt: skip
         try:
             pool.open(wait=self.pool_min_size > 0, timeout=self.pool_timeout_s)
-        except PoolTimeout as err:
+        except BaseException as err:  # the pool's threads must not outlive a failed open
             pool.close()
+            if not isinstance(err, PoolTimeout):
+                raise
             raise StoreUnavailableError(
                 f"cannot open {self.pool_min_size} connection(s) to PostgreSQL at {_server_of(self._url)} within "
                 f"{self.pool_timeout_s:g} s; check the server's max_connections"
