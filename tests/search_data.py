@@ -12,6 +12,7 @@ from vectorgeo.inference import CellEmbeddings, embeddings_table, write_part
 from vectorgeo.jobs.upload import load_store, write_search_sidecars
 from vectorgeo.legends import BUILTIN_LEGENDS
 from vectorgeo.search import SearchService, open_search_service
+from vectorgeo.service_settings import ServiceSettings
 from vectorgeo.transfer import Bucket
 
 RES, DIM = 7, 8
@@ -62,3 +63,9 @@ def build_search_bucket(root: Path, kinds: tuple[str, ...] = STORES) -> SimpleNa
 
 def open_test_service(data: SimpleNamespace, kinds: tuple[str, ...] = STORES) -> SearchService:
     return open_search_service(data.bucket, model="m", h3_resolution=RES, stores=kinds, data_dir=data.data_dir)
+
+
+def service_settings_for(data: SimpleNamespace, cache_dir: Path, kinds: tuple[str, ...] = STORES) -> ServiceSettings:
+    """The settings an entry point would read for the test index (the service they open is the test service's)."""
+    return ServiceSettings(bucket=data.bucket.url, cache_dir=str(cache_dir / "{step}"), model="m", h3_resolution=RES,
+                           stores=kinds, data_dir=str(data.data_dir))  # fmt: skip

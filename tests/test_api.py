@@ -17,7 +17,7 @@ from api_fuzz import DEEP_BODIES, FUZZ_EXAMPLES, check_answer, json_values, load
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
-from search_data import CENTRE, RES, build_search_bucket, open_test_service
+from search_data import CENTRE, RES, build_search_bucket, open_test_service, service_settings_for
 
 from vectorgeo import api_params
 from vectorgeo.api import MAX_BODY_BYTES, MAX_JSON_DEPTH, OPENAPI_PATH, ROUTES, ApiRequest, SearchAPI
@@ -44,9 +44,7 @@ def service(data):
 
 @pytest.fixture(scope="module")
 def service_settings(data, tmp_path_factory) -> ServiceSettings:
-    cache = tmp_path_factory.mktemp("cache")
-    return ServiceSettings(bucket=data.bucket.url, cache_dir=str(cache / "{step}"), model="m.keras", h3_resolution=RES,
-                           stores=KINDS, data_dir=str(data.data_dir))  # fmt: skip
+    return service_settings_for(data, tmp_path_factory.mktemp("cache"), KINDS)
 
 
 @pytest.fixture(scope="module")

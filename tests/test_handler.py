@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import h3.api.basic_int as h3i
 import pytest
-from search_data import CENTRE, RES, build_search_bucket, open_test_service
+from search_data import CENTRE, RES, build_search_bucket, open_test_service, service_settings_for
 
 from tests.conftest import REPO_ROOT
 from vectorgeo.api import ApiRequest, ApiResponse, SearchAPI
@@ -49,9 +49,7 @@ def service(data):
 
 @pytest.fixture(scope="module")
 def service_settings(data, tmp_path_factory) -> ServiceSettings:
-    cache = tmp_path_factory.mktemp("cache")
-    return ServiceSettings(bucket=data.bucket.url, cache_dir=str(cache / "{step}"), model="m", h3_resolution=RES,
-                           stores=KINDS, data_dir=str(data.data_dir))  # fmt: skip
+    return service_settings_for(data, tmp_path_factory.mktemp("cache"), KINDS)
 
 
 @pytest.fixture(scope="module")
