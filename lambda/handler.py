@@ -1,9 +1,6 @@
-"""AWS Lambda entry point of the search API: an event in, :class:`vectorgeo.api.SearchAPI`, a response out.
+"""AWS Lambda adapter: a function-URL / HTTP API (payload 2.0) or REST API (1.0) event in, a response out.
 
-Takes Lambda function-URL / API Gateway HTTP API events (payload 2.0) and API Gateway REST events
-(1.0); the routes and their answers live in :mod:`vectorgeo.api`. The API (and its search service) is
-built once per container, at the first event, from ``constants`` (the environment). The handler never
-loads the model: no TensorFlow in the zip.
+Routes and answers live in :mod:`vectorgeo.api`; the API is built once per container from ``constants``.
 """
 
 from __future__ import annotations
@@ -40,41 +37,34 @@ def set_api(api: SearchAPI | None) -> None:
         _api = api
 
 
-def _container_api() -> SearchAPI:
-    global _api
-    with _lock:
-        if _api is None:
-            _api = SearchAPI(ServiceSettings.from_constants(constants))
-        return _api
-
-
 def handler(event: dict, context: object) -> dict:
-    """Answer one HTTP event (function URL / HTTP API payload 2.0, or REST API 1.0)."""
+    """Answer one HTTP event; HEAD is answered as GET without the body."""
+    global _api
     try:
         request = _request(event)
-    except _EventError as exc:
+    except _NotHttpError as exc:
         return _error(400, str(exc))
     except (KeyError, TypeError, AttributeError, ValueError, binascii.Error) as exc:
         return _error(400, f"malformed HTTP event ({type(exc).__name__})")
     try:
-        api = _container_api()
+        with _lock:
+            _api = _api or SearchAPI(ServiceSettings.from_constants(constants))
     except VectorGeoError as exc:  # settings the environment spells wrong (an unknown store, say)
         logger.error("cannot configure the search API: %s", exc)
         return _error(503, "the search service is not ready (see the server log); try later")
-    head = request.method == "HEAD"  # answered as a GET, without its body
-    response = api.handle(replace(request, method="GET") if head else request)
-    return _lambda_response(response.status, response.headers, b"" if head else response.body)
+    head = request.method == "HEAD"
+    answer = _api.handle(replace(request, method="GET") if head else request)
+    return _response(answer.status, answer.headers, b"" if head else answer.body)
 
 
-class _EventError(ValueError):
+class _NotHttpError(ValueError):
     """An event of neither HTTP payload format."""
 
 
 def _request(event: object) -> ApiRequest:
     http = event.get("requestContext", {}).get("http") if isinstance(event, dict) else None
     if isinstance(http, dict):  # payload 2.0: function URL, HTTP API
-        method, path = http["method"], event.get("rawPath") or http["path"]
-        raw = event.get("rawQueryString")
+        method, path, raw = http["method"], event.get("rawPath") or http["path"], event.get("rawQueryString")
         params = None if raw is not None else _single(event.get("queryStringParameters"))
     elif isinstance(event, dict) and "httpMethod" in event:  # payload 1.0: REST API
         method, path, raw = event["httpMethod"], event["path"], None
@@ -82,10 +72,9 @@ def _request(event: object) -> ApiRequest:
         params = {str(k): [str(x) for x in v] for k, v in multi.items()} if multi else None
         params = params or _single(event.get("queryStringParameters"))
     else:
-        raise _EventError("not an HTTP event: expected a Lambda function-URL or API Gateway event")
+        raise _NotHttpError("not an HTTP event: expected a Lambda function-URL or API Gateway event")
     body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        body = base64.b64decode(body, validate=True)
+    body = base64.b64decode(body, validate=True) if event.get("isBase64Encoded") else body
     body = body.encode() if isinstance(body, str) else body
     if not isinstance(body, bytes):
         raise TypeError(f"the body is a {type(body).__name__}")
@@ -98,12 +87,11 @@ def _single(params: dict | None) -> dict[str, list[str]]:
 
 
 def _error(status: int, message: str) -> dict:
-    body = json.dumps({"error": message}).encode()
     headers = {"Access-Control-Allow-Origin": constants.CORS_ALLOW_ORIGIN, "Cache-Control": "no-store"}
-    return _lambda_response(status, {**headers, "Content-Type": "application/json"}, body)
+    return _response(status, {**headers, "Content-Type": "application/json"}, json.dumps({"error": message}).encode())
 
 
-def _lambda_response(status: int, headers: dict[str, str], body: bytes) -> dict:
+def _response(status: int, headers: dict[str, str], body: bytes) -> dict:
     """The Lambda response: the body as text when it is UTF-8, else base64."""
     try:
         text, is_base64 = body.decode("utf-8"), False
