@@ -39,7 +39,7 @@ if [ "$deps" = 1 ]; then
     --python-version "${LAMBDA_PYTHON_VERSION:-3.12}" \
     -r "$here/requirements.txt"
 fi
-for banned in tensorflow tf_keras keras jax jaxlib torch uvicorn starlette fastapi h11 httptools uvloop; do
+for banned in tensorflow tf_keras keras jax jaxlib torch uvicorn starlette fastapi httptools uvloop; do
   if [ -e "$build/$banned" ] || compgen -G "$build/${banned}-*.dist-info" >/dev/null; then
     echo "build.sh: $banned ended up in the zip (pulled in by lambda/requirements.txt?); the Lambda loads neither" \
       "the model nor a server" >&2

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from vectorgeo.api import MAX_BODY_BYTES, OPENAPI_PATH, ApiRequest, SearchAPI
-from vectorgeo.api_params import POST_SEARCH
+from vectorgeo.api_params import POST_CLASSIFY, POST_SEARCH
 
 FUZZ_EXAMPLES = Path(__file__).with_name("fuzz_examples")
 OPENAPI = json.loads(OPENAPI_PATH.read_text())
@@ -51,13 +51,25 @@ def nested(depth: int, kind: str, leaf: str) -> bytes:
     return (opens * depth + leaf + closes * depth).encode()
 
 
+def labels(cells: list[str]) -> st.SearchStrategy:
+    """``labels`` objects of ``POST /classify``: cell ids (or not) to class names (or anything)."""
+    keys = st.sampled_from(cells) | st.sampled_from([c.upper() for c in cells]) | st.text(max_size=16)
+    names = st.sampled_from(["a", "b", "forest", "", " ", "x" * 65]) | st.text(max_size=8) | json_values(cells, 4)
+    return st.dictionaries(keys, names, max_size=6)
+
+
 def bodies(cells: list[str]) -> st.SearchStrategy:
     """Request bodies of any shape: JSON of any depth, truncated JSON, raw bytes, text."""
     deep = st.builds(nested, st.integers(0, 20_000), st.sampled_from(["[", "{", "mix"]), st.sampled_from(["1", ""]))
-    fields = st.dictionaries(st.sampled_from([*POST_SEARCH, "x"]), json_values(cells), max_size=5)
+    fields = st.dictionaries(st.sampled_from([*POST_SEARCH, *POST_CLASSIFY, "x"]), json_values(cells), max_size=5)
+    classify = st.fixed_dictionaries(
+        {"labels": labels(cells)},
+        optional={name: json_values(cells) for name in POST_CLASSIFY if name != "labels"},
+    )
     return st.one_of(
         json_values(cells).map(lambda v: json.dumps(v).encode()),
         fields.map(lambda v: json.dumps(v).encode()),
+        classify.map(lambda v: json.dumps(v).encode()),
         deep,
         deep.map(lambda b: b[: len(b) // 2]),
         st.binary(max_size=64),
@@ -68,7 +80,7 @@ def bodies(cells: list[str]) -> st.SearchStrategy:
 
 def query_strings(cells: list[str]) -> st.SearchStrategy:
     """Raw query strings: known and unknown names with odd values, free text, too many fields."""
-    names = st.sampled_from([*POST_SEARCH, "lon", "", "x"])
+    names = st.sampled_from([*POST_SEARCH, *POST_CLASSIFY, "lon", "", "x"])
     words = st.sampled_from(["", "nan", "inf", "1e309", "0", "-1", "1001", "44.6", "-123.9", "true", "faiss",
                              "milvus", "1_0", "1,2,3", "-124,44.5,-123.8,44.7", "%ff", "%00", *cells])  # fmt: skip
     pairs = st.lists(st.tuples(names, words | st.text(max_size=10)), max_size=8).map(urlencode)
@@ -81,7 +93,7 @@ def requests(draw, cells: list[str]) -> ApiRequest:
     others = st.sampled_from(["OPTIONS", "HEAD", "PUT", "DELETE", "PATCH"])
     tokens, text = st.text(TOKEN_CHARS, max_size=12), st.text(max_size=8)
     method = draw(_weighted(draw, (4, st.just("GET")), (4, st.just("POST")), (2, others), (1, tokens), (1, text)))
-    routes = st.sampled_from(["/search", "/search/", "search", "/cell", "/health", "/openapi.json"])
+    routes = st.sampled_from(["/search", "/search/", "search", "/cell", "/health", "/openapi.json", "/classify"])
     odd = st.sampled_from(["/", "", "/x", "//cell//"])
     path = draw(_weighted(draw, (8, routes), (1, odd), (1, st.text(max_size=20))))
     query = draw(query_strings(cells))
@@ -115,14 +127,14 @@ def check_answer(api: SearchAPI, request: ApiRequest, validators: dict[str, Draf
         assert response.headers["Content-Type"] == "application/json"
         validators["Error"].validate(body)
     elif body.get("type") == "FeatureCollection":
-        validators["SearchResult"].validate(body)
+        validators["ClassifyResult" if "classes" in body else "SearchResult"].validate(body)
     elif body.get("type") == "Feature":
         validators["Cell"].validate(body)
     return response.status
 
 
 def validators() -> dict[str, Draft202012Validator]:
-    return {name: schema(name) for name in ("SearchResult", "Cell", "Health", "Error")}
+    return {name: schema(name) for name in ("SearchResult", "ClassifyResult", "Cell", "Health", "Error")}
 
 
 def save_example(request: ApiRequest, folder: Path = FUZZ_EXAMPLES) -> Path:

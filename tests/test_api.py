@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -59,6 +60,11 @@ def get(path: str, query: dict | str | None = None) -> ApiRequest:
 def post(body: object, query: str = "") -> ApiRequest:
     raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
     return ApiRequest("POST", "/search", query, body=raw, headers={"content-type": "application/json"})
+
+
+def post_classify(body: object, query: str = "") -> ApiRequest:
+    raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    return ApiRequest("POST", "/classify", query, body=raw, headers={"content-type": "application/json"})
 
 
 def call(api: SearchAPI, request: ApiRequest) -> tuple[int, dict, object]:
@@ -149,6 +155,76 @@ def test_cell_health_openapi_and_preflight(api, data):
     assert response.headers["Access-Control-Allow-Headers"] == "Content-Type"
 
 
+BOX = [-124.05, 44.5, -123.75, 44.7]  # about half of the test index
+
+
+def _labels(data, n: int = 4) -> dict[str, str]:
+    """``n`` cells of each of the two commonest dominant land-cover classes, labelled with its name."""
+    dominant = data.fractions.argmax(axis=1)
+    first, second = np.argsort(-np.bincount(dominant))[:2]
+    return {cell_id(data, int(row)): data.legend.names[code] for code in (first, second)
+            for row in np.flatnonzero(dominant == code)[:n]}  # fmt: skip
+
+
+def test_post_classify(api, service, data):
+    labels = _labels(data)
+    status, headers, answer = call(api, post_classify({"labels": labels, "bbox": BOX}))
+    assert status == 200 and headers["Cache-Control"] == "no-store"
+    assert headers["Content-Type"] == "application/geo+json"
+    schema("ClassifyResult").validate(answer)
+    region = GeoFilter(bbox=tuple(BOX))
+    inside = data.h3[region.contains(data.lat, data.lng)]
+    assert [f["id"] for f in answer["features"]] == [h3i.int_to_str(int(c)) for c in np.sort(inside)]
+    assert answer["n_cells"] == len(inside) < answer["n_candidates"]  # the sea cells are not in the index
+    assert [c["name"] for c in answer["classes"]] == list(dict.fromkeys(labels.values()))
+    assert sum(c["n_cells"] for c in answer["classes"]) == answer["n_cells"]
+    assert (answer["store"], answer["model"], answer["resolution"], answer["classifier"]) == ("faiss", "m", RES,
+                                                                                              "logistic")  # fmt: skip
+    assert answer["training"]["n_labels"] == len(labels) and answer["training"]["accuracy_on_labels"] >= 0.75
+    cells = {h3i.str_to_int(k): v for k, v in labels.items()}
+    expected = service.classify(cells, region, store="faiss")
+    assert answer == json.loads(json.dumps(expected))
+    on_qdrant = call(api, post_classify({"labels": labels, "bbox": BOX, "store": "qdrant"}))[2]
+    assert on_qdrant["store"] == "qdrant" and on_qdrant["classes"] == answer["classes"]
+    for mine, theirs in zip(answer["features"], on_qdrant["features"], strict=True):
+        assert mine["id"] == theirs["id"] and mine["properties"]["class"] == theirs["properties"]["class"]
+        assert mine["properties"]["probability"] == pytest.approx(theirs["properties"]["probability"], abs=2e-4)
+
+
+def test_post_classify_positive_cells_regions_and_options(api, data):
+    positive = [cell_id(data, i) for i in (10, 11, 12)]
+    body = {"positive": positive, "lat": CENTRE[0], "lng": CENTRE[1], "radius_km": 12, "classifier": "knn"}
+    status, _, answer = call(api, post_classify(body))
+    assert status == 200 and answer["classifier"] == "knn"
+    schema("ClassifyResult").validate(answer)
+    assert [c["name"] for c in answer["classes"]] == ["positive", "negative"]
+    assert answer["training"]["n_background"] == 15 and answer["region"]["radius_km"] == 12
+    for feature in answer["features"]:
+        props = feature["properties"]
+        assert props["probability"] == props["probabilities"]["positive"]
+    labelled = {f["id"]: f["properties"]["labelled"] for f in answer["features"] if "labelled" in f["properties"]}
+    assert labelled == {c: "positive" for c in positive if c in {f["id"] for f in answer["features"]}}
+    polygon = [[-124.1, 44.4], [-123.6, 44.4], [-123.6, 44.8], [-123.85, 44.6]]
+    body = {"positive": positive, "negative": [cell_id(data, 300)], "classifier": "random_forest", "geometry": False,
+            "polygon": polygon, "store": "qdrant"}  # fmt: skip
+    status, _, answer = call(api, post_classify(body))
+    assert status == 200 and answer["training"]["n_background"] == 0 and answer["features"]
+    assert all(f["geometry"] is None for f in answer["features"])
+    schema("ClassifyResult").validate(answer)
+    response = api.handle(ApiRequest("OPTIONS", "/classify"))
+    assert response.status == 204 and response.headers["Access-Control-Allow-Methods"] == "POST, OPTIONS"
+
+
+def test_post_classify_without_scikit_learn_is_a_501(api, data, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    status, _, body = call(api, post_classify({"labels": {cell_id(data, 0): "a", cell_id(data, 1): "b"}, "bbox": BOX}))
+    assert status == 501 and body == {"error": "POST /classify needs scikit-learn, which this deployment leaves out; "
+                                               "the other routes work"}  # fmt: skip
+    assert call(api, post_classify({"labels": [], "bbox": BOX}))[0] == 400  # bad bodies are still told so
+    assert call(api, get("/cell", {"h3": cell_id(data, 3)}))[0] == 200
+
+
 def test_openapi_document_is_valid_and_lists_every_route():
     validate_openapi(OPENAPI)
     documented = {(p, m.upper()) for p, ms in OPENAPI["paths"].items() for m in ms}
@@ -156,6 +232,7 @@ def test_openapi_document_is_valid_and_lists_every_route():
     assert {p["name"] for p in OPENAPI["paths"]["/search"]["get"]["parameters"]} == set(api_params.GET_SEARCH)
     assert {p["name"] for p in OPENAPI["paths"]["/cell"]["get"]["parameters"]} == set(api_params.GET_CELL)
     assert set(OPENAPI["components"]["schemas"]["SearchBody"]["properties"]) == set(api_params.POST_SEARCH)
+    assert set(OPENAPI["components"]["schemas"]["ClassifyBody"]["properties"]) == set(api_params.POST_CLASSIFY)
 
 
 def test_settings_set_cors_and_cache(service_settings, service, data):
@@ -285,8 +362,68 @@ def _errors(data):
     ]
 
 
+def _classify_errors(data):
+    a, b, c = cell_id(data, 0), cell_id(data, 1), cell_id(data, 2)
+    sea, coarse = h3i.int_to_str(int(data.missing[0])), h3i.int_to_str(h3i.cell_to_parent(int(data.h3[0]), 5))
+    two = {a: "x", b: "y"}
+
+    def pc(body, **region):
+        return post_classify({**body, **(region or {"bbox": BOX})})
+
+    return [
+        (pc({}), 400, r'give labels \{"<h3 cell>": "<class>", ...\} with at least 2 classes, or positive cells'),
+        (pc({"negative": [a]}), 400, r"\(negative cells need positive ones\)"),
+        (pc({"labels": [a, b]}), 400, r'labels must be a JSON object \{"<h3 cell>": "<class>", ...\}, got'),
+        (pc({"labels": {"zz": "x", b: "y"}}), 400, "each labels key must be an H3 cell id string like .*, got 'zz'"),
+        (pc({"labels": {a: 3, b: "y"}}), 400, "labels values must be class names \\(strings\\), got 3 for"),
+        (pc({"labels": {a: ["x"], b: "y"}}), 400, r"labels values must be class names \(strings\), got \['x'\]"),
+        (pc({"labels": {a: "x" * 65, b: "y"}}), 400, "class names must be non-empty strings of at most 64 characters"),
+        (pc({"labels": {a: "", b: "y"}}), 400, "class names must be non-empty strings"),
+        (pc({"labels": {a: "x", b: "x"}}), 400, "every label is class 'x': give at least 2 classes"),
+        (pc({"labels": {cell_id(data, i): f"c{i}" for i in range(21)}}), 400, "at most 20 classes, got 21"),
+        (pc({"labels": {f"{i:x}": "x" for i in range(1001)}}), 400, "at most 1,000 labelled cells, got 1,001"),
+        (pc({"labels": {a: "x", a.upper(): "y"}}), 400, "is labelled more than once; keep one label"),
+        (pc({"labels": two, "positive": [c]}), 400, "give labels, or positive \\(and negative\\) cells, not both"),
+        (pc({"positive": a}), 400, "positive must be a list of H3 cell id strings"),
+        (pc({"positive": [a], "negative": [1]}), 400, "negative must be a list of H3 cell id strings"),
+        (pc({"positive": [a] * 1001}), 400, "at most 1,000 positive cells, got 1,001"),
+        (pc({"positive": [a, b], "negative": [b]}), 400, f"H3 cell {b} is both positive and negative"),
+        (pc({"positive": [coarse]}), 400, "is at resolution 5; this index holds resolution-7 cells"),
+        (pc({"labels": {sea: "x", b: "y"}}), 404, f"labelled H3 cell {sea} is not in the index of model 'm'"),
+        (post_classify({"labels": two}), 400, r"give one region: bbox \[west, south, east, north\], polygon"),
+        (pc({"labels": two}, bbox=BOX, polygon=[[0, 0], [1, 0], [1, 1]]), 400, "got bbox and polygon"),
+        (pc({"labels": two}, bbox=BOX, radius_km=3), 400, "got bbox and lat/lng/radius_km"),
+        (pc({"labels": two}, lat=44.6, lng=-123.9), 400, "a radius region needs lat, lng and radius_km; got only lat"),
+        (pc({"labels": two}, lat=44.6, lng=-123.9, radius_km=0), 400, "radius_km must be > 0"),
+        (pc({"labels": two}, lat=95, lng=-123.9, radius_km=1), 400, "filter centre must be lat -90..90"),
+        (pc({"labels": two}, lat="44", lng=-123.9, radius_km=1), 400, "lat must be a number"),
+        (pc({"labels": two}, bbox=[1, 2, 3]), 400, "bbox must be west,south,east,north"),
+        (pc({"labels": two}, bbox=[0, 50, 1, 40]), 400, "south <= north"),
+        (pc({"labels": two}, bbox=[0, 0, "a", 1]), 400, "bbox must be a number"),
+        (pc({"labels": two}, polygon=[[0, 0], [1, 0]]), 400, "polygon needs 3 to 500 vertices"),
+        (pc({"labels": two}, polygon="0,0,1"), 400, "odd count of numbers"),
+        (
+            pc({"labels": two}, bbox=[-130, 30, -100, 50]),
+            400,
+            r"the region holds about [\d,]+ H3 cells at resolution 7; /classify takes at most 50,000: zoom in or use "
+            "flow 06 for whole maps",
+        ),
+        (pc({"positive": [a]}, bbox=[0, 0, 0.1, 0.1]), 400, "no indexed cells of the region are left"),
+        (pc({"labels": two, "classifier": "svm"}), 400, "classifier must be one of logistic, random_forest, knn"),
+        (pc({"labels": two, "classifier": 1}), 400, "classifier must be one of"),
+        (pc({"labels": two, "geometry": "no"}), 400, "geometry must be true or false, got 'no'"),
+        (pc({"labels": two, "store": "milvus"}), 400, "unknown store 'milvus'"),
+        (pc({"labels": two, "store": "pgvector"}), 400, "store 'pgvector' is not served here"),
+        (pc({"labels": two, "k": 3}), 400, r"unknown field\(s\) \['k'\] in the body; allowed: labels, positive"),
+        (post_classify({"labels": two, "bbox": BOX}, query="k=3"), 400, "POST /classify takes its parameters in"),
+        (post_classify("[]"), 400, "the body must be a JSON object, got list"),
+        (post_classify(" " * (300 * 1024)), 413, "at most 262144"),
+        (get("/classify"), 405, "method GET is not allowed on /classify; use POST"),
+    ]
+
+
 def test_every_bad_input_gets_a_clear_4xx(api, data):
-    for request, status, message in _errors(data):
+    for request, status, message in _errors(data) + _classify_errors(data):
         got, headers, body = call(api, request)
         assert (got, set(body)) == (status, {"error"}), (message, body)
         assert re.search(message, body["error"]), (message, body["error"])
@@ -318,6 +455,8 @@ def test_unreachable_store_is_503_and_surprises_are_500(api, service_settings, s
 
     down = SearchAPI(service_settings, SearchService({"qdrant": refuses}, model="m", h3_resolution=RES))
     status, headers, body = call(down, get("/search", {"h3": cell_id(data, 0)}))
+    assert status == 503 and body == {"error": "store 'qdrant' cannot be reached now; try again later"}
+    status, _, body = call(down, post_classify({"labels": {cell_id(data, 0): "a", cell_id(data, 1): "b"}, "bbox": BOX}))
     assert status == 503 and body == {"error": "store 'qdrant' cannot be reached now; try again later"}
     status, _, health = call(down, get("/health"))
     assert status == 503 and health["reachable"] is False and headers["Cache-Control"] == "no-store"
@@ -466,6 +605,53 @@ def test_plausible_requests_get_answers_not_5xx(api, data):
 
     run()
     assert {200, 400, 404} <= seen
+
+
+def _box(west_south_width_height: tuple[float, float, float, float]) -> list[float]:
+    west, south, width, height = west_south_width_height
+    return [west, south, west + width, south + height]
+
+
+@st.composite
+def _plausible_classify(draw, data) -> ApiRequest:
+    """A POST /classify a client would send (labels or positive cells, a region near the index), now and then
+    with one field hostile: most reach the classifier."""
+    sea = h3i.int_to_str(int(data.missing[0]))  # one in 70: a 404 now and then
+    cells = st.sampled_from([cell_id(data, i) for i in range(0, len(data.h3), 7)] + [sea])
+    west, south = st.floats(-124.3, -123.6), st.floats(44.2, 44.9)
+    regions = [
+        {"bbox": st.tuples(west, south, st.floats(0.01, 0.5), st.floats(0.01, 0.4)).map(_box)},
+        {"lat": st.floats(44.4, 44.8), "lng": st.floats(-124.1, -123.7), "radius_km": st.floats(0.5, 40)},
+        {"polygon": st.just([[-124.1, 44.4], [-123.6, 44.4], [-123.6, 44.8], [-123.85, 44.6]])},
+    ]
+    body = {name: draw(value) for name, value in draw(st.sampled_from(regions)).items()}
+    labelled = draw(st.lists(cells, min_size=2, max_size=8, unique=True))
+    if draw(st.booleans()):
+        names = ["a", "b", *draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=6, max_size=6))]
+        body["labels"] = dict(zip(labelled, names, strict=False))
+    else:
+        split = draw(st.integers(1, len(labelled)))
+        body["positive"], body["negative"] = labelled[:split], labelled[split:]
+    options = {"classifier": st.sampled_from(["logistic", "knn", "random_forest"]), "geometry": st.booleans(),
+               "store": st.sampled_from(["faiss", "qdrant"])}  # fmt: skip
+    for name in draw(st.lists(st.sampled_from(list(options)), max_size=3, unique=True)):
+        body[name] = draw(options[name])
+    if draw(st.integers(0, 4)) == 0:  # one field hostile
+        body[draw(st.sampled_from([*api_params.POST_CLASSIFY, "extra"]))] = draw(json_values([cell_id(data, 0)]))
+    return post_classify(body)
+
+
+def test_plausible_classify_requests_get_answers_not_5xx(api, data):
+    checks = validators()
+    seen = set()
+
+    @settings(max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(request=_plausible_classify(data))
+    def run(request):
+        seen.add(check_answer(api, request, checks))
+
+    run()
+    assert {200, 400} <= seen
 
 
 @pytest.mark.parametrize("path", sorted(FUZZ_EXAMPLES.glob("*.json")), ids=lambda p: p.stem)

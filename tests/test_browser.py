@@ -67,7 +67,7 @@ def page(browser, url):
 
 def _is_local(address: str) -> bool:
     parts = urlsplit(address)
-    return parts.scheme == "data" or parts.hostname == "127.0.0.1"
+    return parts.scheme in ("data", "blob") or parts.hostname == "127.0.0.1"  # blob: the labels' export
 
 
 def _open(page, url, query=""):
@@ -257,3 +257,192 @@ def test_a_drawn_box_or_polygon_filters_the_search_and_clearing_drops_it(page, u
     assert "within" not in page.inner_text("#status")
     assert any(not _inside_ring(r["lng"], r["lat"], ring) for r in page.evaluate("vg.state.results"))
     assert requests and all(_is_local(u) for u in requests)  # the drawing tools are vendored: nothing leaves
+
+
+def _label_click(page, lat, lng):
+    """Click a point in label mode and wait for the page to mark (or unmark) the cell under it."""
+    before = page.evaluate("vg.labels.state.clicks")
+    page.mouse.click(*_map_xy(page, lat, lng))
+    page.wait_for_function(f"vg.labels.state.clicks > {before} && vg.labels.state.pending === 0")
+
+
+def _classify(page):
+    """Press "Classify this view" and wait for the answer (drawn, or an error shown)."""
+    before = page.evaluate("vg.labels.state.classified")
+    page.click("#classify")
+    page.wait_for_function(
+        f"!vg.labels.state.classifying && (vg.labels.state.classified > {before} || vg.state.error !== '')",
+        timeout=60_000,
+    )
+
+
+def _classify_bodies(page):
+    """The JSON bodies the page sends to POST /api/classify, as a list that fills while the test runs."""
+    bodies = []
+    page.on("request", lambda r: "/api/classify" in r.url and bodies.append(json.loads(r.post_data)))
+    return bodies
+
+
+def _view(page, pad=0.0):
+    """The map's view as (west, south, east, north), shrunk by ``pad`` of its size on each side."""
+    return page.evaluate("pad => { const b = vg.map.getBounds().pad(-pad); "
+                         "return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]; }", pad)  # fmt: skip
+
+
+def _label_cells(data, name, n, view):
+    """The centres of the ``n`` indexed cells with the most of land-cover class ``name``, inside ``view``."""
+    west, south, east, north = view
+    inside = (data.lng > west) & (data.lng < east) & (data.lat > south) & (data.lat < north)
+    column = data.fractions[:, data.legend.names.index(name)]
+    order = [i for i in np.argsort(-column) if inside[i]][:n]
+    return [(h3i.int_to_str(int(data.h3[i])), *h3i.cell_to_latlng(int(data.h3[i]))) for i in order]
+
+
+def test_label_mode_marks_cells_classifies_the_view_and_exports_the_labels(page, url, data):
+    _open(page, url)
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Ready')")
+    assert page.get_attribute("#label-mode", "aria-pressed") == "false"
+    assert page.evaluate("vg.labels.state.classes.map(c => c.name)") == ["positive", "negative"]  # the default pair
+    page.click("#label-mode")
+    assert page.get_attribute("#label-mode", "aria-pressed") == "true"
+    assert page.inner_text("#status").startswith("Label mode")
+
+    bodies = _classify_bodies(page)
+    forest = _label_cells(data, "Tree cover", 3, _view(page, 0.1))
+    water = _label_cells(data, "Permanent water bodies", 3, _view(page, 0.1))
+    assert not {h for h, *_ in forest} & {h for h, *_ in water}
+
+    page.fill("#label-new", "forest")
+    page.press("#label-new", "Enter")  # a new class becomes the one a click marks
+    assert page.is_checked("#label-classes input[value='forest']")
+    for _, lat, lng in forest:
+        _label_click(page, lat, lng)
+    assert page.evaluate("vg.state.searches") == 0  # label mode: clicks mark cells, they do not search
+    assert page.evaluate("vg.state.error") == ""
+
+    _classify(page)  # one class is not enough: the API says so, the page shows it
+    assert "every label is class 'forest': give at least 2 classes" in page.inner_text("#error")
+    assert page.evaluate("vg.labels.state.classified") == 0
+
+    page.get_by_label("New class name").fill("water")
+    page.get_by_role("button", name="Add class").click()
+    for _, lat, lng in water:
+        _label_click(page, lat, lng)
+    labelled = page.evaluate("Object.fromEntries([...vg.labels.state.labels.values()].map(l => [l.h3, l.class]))")
+    assert labelled == {**{h: "forest" for h, *_ in forest}, **{h: "water" for h, *_ in water}}
+    assert page.locator("#label-list li").count() == 6 and page.locator("path.vg-label").count() == 6
+    assert page.inner_text("#label-summary") == "6 labels: forest 3 · water 3"
+    assert forest[0][0] in page.inner_text("#label-list")
+    assert page.inner_text("#label-classes [data-class='forest'] .count") == "3"
+    assert page.is_disabled("#label-classes [data-class='forest'] .remove")
+
+    _label_click(page, *forest[2][1:])  # a labelled cell clicked again is unmarked
+    page.get_by_role("button", name=f"Remove label water {water[2][0]}").click()  # or removed from the list
+    assert page.inner_text("#label-summary") == "4 labels: forest 2 · water 2"
+    assert page.locator("path.vg-label").count() == 4
+    page.get_by_role("button", name="Remove class negative").click()  # an empty class can go
+    assert page.evaluate("vg.labels.state.classes.map(c => c.name)") == ["positive", "forest", "water"]
+
+    page.select_option("#classifier", "knn")
+    _classify(page)
+    assert page.evaluate("vg.state.error") == ""
+    sent = bodies[-1]  # the labels by cell, and the view as the region
+    assert sent["labels"] == {h: c for h, c in labelled.items() if h not in (forest[2][0], water[2][0])}
+    assert sent["classifier"] == "knn" and sent["bbox"] == pytest.approx(_view(page), abs=1e-5)
+    result = page.evaluate("vg.labels.state.result")
+    assert result["classifier"] == "knn" and result["n_cells"] > 20
+    assert {c["name"] for c in result["classes"]} == {"forest", "water"}
+    assert page.evaluate("vg.labels.predictedLayer.getLayers()[0].getLayers().length") == result["n_cells"]
+    predicted = page.evaluate("vg.labels.predictedLayer.getLayers()[0].getLayers().map(l => l.feature.properties)")
+    by_cell = {p["h3"]: p["class"] for p in predicted}
+    assert {h: by_cell[h] for h in labelled if h in by_cell}  # the labelled cells in view are predicted too
+    legend = page.inner_text("#class-legend")
+    for c in result["classes"]:
+        assert f"{c['name']}: {c['n_cells']:,} cells" in legend
+    assert f"Classified {result['n_cells']} cells in the view" in page.inner_text("#status")
+
+    fill = "vg.labels.predictedLayer.getLayers()[0].getLayers()[0].options.fillOpacity"
+    assert page.evaluate(fill) == pytest.approx(0.7)
+    page.get_by_label("Opacity of the classified cells").fill("0.3")
+    assert page.evaluate(fill) == pytest.approx(0.3)
+    page.get_by_label("Opacity of the classified cells").fill("0.85")
+    page.mouse.move(1270, 420)  # no tooltip in the picture
+    page.screenshot(path=str(ARTIFACTS / "map-label-mode.png"))  # docs/label_mode.png is one of these
+
+    with page.expect_download() as download:
+        page.click("#label-export")
+    path = download.value.path()
+    assert download.value.suggested_filename == "vectorgeo-labels.geojson"
+    exported = json.loads(Path(path).read_text())
+    assert exported["type"] == "FeatureCollection" and len(exported["features"]) == 4
+    kept = {h: (lat, lng) for h, lat, lng in forest[:2] + water[:2]}
+    for feature in exported["features"]:
+        p = feature["properties"]
+        assert feature["geometry"]["type"] == "Point" and p["class"] == labelled[p["h3"]]
+        assert feature["geometry"]["coordinates"] == pytest.approx(kept[p["h3"]][::-1], abs=1e-6)  # [lng, lat]
+    from vectorgeo.labels import parse_labels  # flow 06's reader takes the file as it is
+
+    labels = parse_labels(Path(path).read_bytes(), "labels.geojson", h3_resolution=RES)
+    assert labels.counts() == {"forest": 2, "water": 2}
+
+    page.reload()  # the labels and classes stay in this browser
+    page.wait_for_function("window.vg && vg.labels && vg.state.overview !== null")
+    assert page.inner_text("#label-summary") == "4 labels: forest 2 · water 2"
+    assert page.locator("path.vg-label").count() == 4
+
+
+def test_label_mode_asks_to_zoom_in_for_a_large_view_and_off_it_searches_again(page, url, data):
+    _open(page, url)
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Ready')")
+    bodies = _classify_bodies(page)
+    view = _view(page, 0.1)
+    chosen = _label_cells(data, "Cropland", 2, view) + _label_cells(data, "Built-up", 2, view)
+    cells = [point for _, *point in chosen]
+    page.click("#label-mode")
+    for point in cells[:2]:
+        _label_click(page, *point)
+    page.click("#label-classes input[value='negative']")
+    for point in cells[2:]:
+        _label_click(page, *point)
+    assert page.inner_text("#label-summary") == "4 labels: positive 2 · negative 2"
+
+    sea = int(data.missing[0])  # a cell with no embedding cannot be labelled
+    _label_click(page, *h3i.cell_to_latlng(sea))
+    assert f"{h3i.int_to_str(sea)}" in page.inner_text("#error") and "not in the index" in page.inner_text("#error")
+    assert page.locator("#label-list li").count() == 4
+
+    page.evaluate("vg.map.setView([44.6, -123.9], 4, {animate: false})")  # far more than 50,000 cells in view
+    _classify(page)
+    assert "zoom in" in page.inner_text("#error").lower()
+    assert page.evaluate("vg.labels.state.classified") == 0 and page.is_hidden("#class-legend")
+
+    page.evaluate("vg.map.setView([44.6, -123.9], 10, {animate: false})")
+    page.focus("#classify")  # a real button: the keyboard works it
+    page.keyboard.press("Enter")
+    page.wait_for_function("!vg.labels.state.classifying && vg.labels.state.classified === 1", timeout=60_000)
+    assert page.evaluate("vg.state.error") == "" and page.is_visible("#class-legend")
+    sent = bodies[-1]  # only positive/negative labels: the API's positive mode
+    assert sent["positive"] == [h for h, *_ in chosen[:2]] and sent["negative"] == [h for h, *_ in chosen[2:]]
+    assert "labels" not in sent and sent["classifier"] == "logistic"
+    assert [c["name"] for c in page.evaluate("vg.labels.state.result.classes")] == ["positive", "negative"]
+
+    box = (-123.85, 44.55, -123.65, 44.75)
+    _draw(page, "rectangle", [(box[1], box[0]), (box[3], box[2])])  # a drawn box is the region instead of the view
+    assert page.locator("#label-list li").count() == 4  # drawing clicks label nothing
+    _classify(page)
+    assert bodies[-1]["bbox"] == pytest.approx(box, abs=1e-3) and "polygon" not in bodies[-1]
+    predicted = page.evaluate("vg.labels.predictedLayer.getLayers()[0].getLayers().map(l => l.feature.properties)")
+    assert predicted and len(predicted) == page.evaluate("vg.labels.state.result.n_cells")
+    for p in predicted:
+        lat, lng = h3i.cell_to_latlng(h3i.str_to_int(p["h3"]))
+        assert box[0] <= lng <= box[2] and box[1] <= lat <= box[3]
+    assert "in the drawn box" in page.inner_text("#status")
+
+    page.click("#label-mode")  # off: a click searches as before
+    assert page.get_attribute("#label-mode", "aria-pressed") == "false"
+    here = h3i.cell_to_latlng(h3i.latlng_to_cell(*CENTRE, RES))
+    page.fill("#k", "5")
+    _click_latlng(page, *here)
+    assert page.evaluate("vg.state.error") == "" and page.evaluate("vg.state.searches") == 1
+    assert page.locator("path.vg-result").count() == 5 and "within the drawn box" in page.inner_text("#status")
+    assert page.locator("#label-list li").count() == 4  # nothing labelled

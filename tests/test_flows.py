@@ -30,6 +30,7 @@ FLOW_02 = str(REPO_ROOT / "flows" / "02_train_flow.py")
 FLOW_03 = str(REPO_ROOT / "flows" / "03_inference_flow.py")
 FLOW_04 = str(REPO_ROOT / "flows" / "04_upload_flow.py")
 FLOW_05 = str(REPO_ROOT / "flows" / "05_evaluate_flow.py")
+FLOW_06 = str(REPO_ROOT / "flows" / "06_classify_flow.py")
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +276,112 @@ def test_bad_input_to_later_flows(workdir, flow, args, message):
     out = done.stdout + done.stderr
     assert done.returncode != 0 and message in out and "Traceback" not in out
     assert sorted(str(p) for p in (workdir / "bucket").rglob("*")) == before
+
+
+def _derived_labels(bucket, min_fraction=0.5):
+    """Labels drawn from the tiny run's own patches: a GeoJSON of the cells that are mostly one class."""
+    from vectorgeo.derived_labels import labels_from_fractions
+    from vectorgeo.legends import get_legend
+
+    table = pq.read_table([str(p) for p in sorted((bucket / "embeddings" / "tiny" / "res6").glob("part-*.parquet"))])
+    fractions = np.asarray(table.column("class_fractions").combine_chunks().flatten()).reshape(table.num_rows, -1)
+    names = list(get_legend("lc100").names)
+    return labels_from_fractions(
+        table.column("h3").to_numpy(), table.column("lat").to_numpy(), table.column("lng").to_numpy(), fractions,
+        names, min_fraction=min_fraction, per_class=15, max_classes=3,
+    )  # fmt: skip
+
+
+def test_flow_06_labels_to_a_map_and_the_registry(workdir):
+    """Runs after the pipeline test (same bucket, same embedded PostgreSQL): labels in a bucket key -> a
+    classifier, blocked CV beside the histogram, a GeoParquet and COGs, rows in the registry; a rerun adds none."""
+    import geopandas
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+
+    from vectorgeo.registry import open_registry
+
+    bucket = workdir / "bucket"
+    doc = _derived_labels(bucket)
+    first_class = doc["features"][0]["properties"]["class"]
+    (bucket / "labels").mkdir(exist_ok=True)
+    (bucket / "labels" / "derived.geojson").write_text(json.dumps(doc))
+    args = ["--labels=labels/derived.geojson", "--model_filename=tiny.keras", "--h3_resolution=6", "--n_workers=2",
+            f"--probability_class={first_class}"]  # fmt: skip
+    done = _run(workdir, FLOW_06, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert "embeddings: blocked-CV accuracy" in out and " histogram: blocked-CV accuracy" in out
+    sidecar = json.loads((bucket / "classifiers" / "derived-logistic.json").read_text())
+    assert set(sidecar["cv"]["features"]) == {"embeddings", "histogram"}
+    assert sidecar["cv"]["features"]["histogram"]["macro_f1"] > 0.8  # it sees the composition that made the labels
+    assert (bucket / "classifiers" / "derived-logistic.skops").is_file()
+    maps = bucket / "predictions" / "derived-logistic" / "res6"
+    frame = geopandas.read_parquet(maps / "predictions.parquet")
+    manifest = json.loads((bucket / "embeddings" / "tiny" / "res6" / "manifest.json").read_text())
+    assert len(frame) == manifest["n_embedded"] and frame.crs.to_string() == "OGC:CRS84"
+    assert set(frame["class"]) <= set(sidecar["classes"]) and frame["probability"].between(0, 1).all()
+    for tif in ("classes.tif", next(p.name for p in maps.glob("probability-*.tif"))):
+        assert cog_validate(str(maps / tif))[0], tif
+    with rasterio.open(maps / "classes.tif") as ds:
+        assert ds.overviews(1) and ds.colormap(1) and ds.nodata == 255
+    summary = json.loads((maps / "summary.json").read_text())
+    with open_registry(None, workdir / "stores") as registry:
+        models = [m for m in registry.list_models() if m["name"] == "derived-logistic"]
+        predictions = registry.list_predictions("derived-logistic")
+    assert [m["id"] for m in models] == [summary["registry"]["model_id"]]
+    assert [p["id"] for p in predictions] == [summary["registry"]["prediction_id"]]
+
+    done = _run(workdir, FLOW_06, *args)  # a rerun reuses every part and adds no registry row
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((maps / "summary.json").read_text())
+    assert again["n_parts_skipped"] == again["n_parts"] and again["registry"] == summary["registry"]
+    with open_registry(None, workdir / "stores") as registry:
+        assert len(registry.list_predictions("derived-logistic")) == 1
+        assert len([m for m in registry.list_models() if m["name"] == "derived-logistic"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("labels", "args", "message"),
+    [
+        (
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [-123.9, 44.6]},
+                        "properties": {"kind": "a"},
+                    }
+                ],
+            },
+            [],
+            "has no property 'class'",
+        ),
+        (
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [float(i), 0.0]},
+                        "properties": {"class": c},
+                    }
+                    for i, c in enumerate("aabb")
+                ],
+            },
+            [],
+            "labelled cells have no embedding",
+        ),
+        (None, ["--classifier=svm"], "unknown classifier 'svm'"),
+    ],
+)
+def test_flow_06_bad_labels_stop_with_one_message_and_write_nothing(workdir, tmp_path, labels, args, message):
+    bucket = workdir / "bucket"
+    path = tmp_path / "bad.geojson"
+    path.write_text(json.dumps(labels or _derived_labels(bucket)))
+    before = sorted(str(p) for p in bucket.rglob("*"))
+    done = _run(workdir, FLOW_06, f"--labels={path}", "--model_filename=tiny.keras", "--h3_resolution=6", *args)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and message in out and "Traceback" not in out
+    assert sorted(str(p) for p in bucket.rglob("*")) == before

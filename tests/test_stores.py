@@ -94,6 +94,31 @@ def test_exclude_and_fetch(store, data):
         store.fetch(12345)
 
 
+def test_fetch_many_answers_what_was_loaded(store, data):
+    """Every store: the ids present, in request order, once each, with their vectors and centres."""
+    h3, lat, lng, vectors, _ = data
+    rows = np.random.default_rng(5).choice(N, 700, replace=False)
+    missing = np.array([12345, 2**63 + 7, 99], np.uint64)  # never loaded
+    ask = np.concatenate([h3[rows[:300]], missing[:2], h3[rows[300:]], missing[2:], h3[rows[:5]]])  # repeats last
+    found, vecs, la, ln = store.fetch_many(ask)
+    assert (found.dtype, vecs.dtype, la.dtype, ln.dtype) == (np.uint64, np.float32, np.float64, np.float64)
+    np.testing.assert_array_equal(found, h3[rows])
+    np.testing.assert_allclose(vecs, vectors[rows], atol=1e-6)
+    np.testing.assert_allclose(la, lat[rows], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ln, lng[rows], rtol=0, atol=1e-9)
+    everything = store.fetch_many(h3[::-1])  # more ids than one request of any adapter takes
+    np.testing.assert_array_equal(everything[0], h3[::-1])
+    np.testing.assert_allclose(everything[1], vectors[::-1], atol=1e-6)
+    as_list = store.fetch_many([int(h) for h in h3[rows[:3]]] + [2**63 + 7])  # Python ints work too
+    np.testing.assert_array_equal(as_list[0], h3[rows[:3]])
+    for ids in (np.empty(0, np.uint64), missing, []):
+        assert [a.shape for a in store.fetch_many(ids)] == [(0,), (0, DIM), (0,), (0,)]
+    with pytest.raises(InvalidInputError, match="cell ids must be"):
+        store.fetch_many(np.array([1.5]))
+    with pytest.raises(InvalidInputError, match="non-negative"):
+        store.fetch_many(np.array([-1, 3]))
+
+
 def test_scores_are_comparable_across_stores(store, data):
     """Cosine similarity on every store: the top match of a stored vector is itself, score 1."""
     h3, _, _, vectors, _ = data

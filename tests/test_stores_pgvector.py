@@ -8,10 +8,16 @@ import time
 import numpy as np
 import pytest
 
-from vectorgeo.errors import InvalidInputError, NotFoundError
+from vectorgeo.errors import InvalidInputError, NotFoundError, VectorGeoError
 from vectorgeo.geodesy import haversine_m
 from vectorgeo.stores.base import GeoFilter, VectorStore
-from vectorgeo.stores.pgvector import NotConfirmedError, PgVectorStore, copy_binary_rows, setup_table
+from vectorgeo.stores.pgvector import (
+    NotConfirmedError,
+    PgVectorStore,
+    copy_binary_rows,
+    copy_rows_from_binary,
+    setup_table,
+)
 from vectorgeo.stores.postgres_server import EmbeddedPostgres, ServerStartError
 
 pytest.importorskip("psycopg")
@@ -264,6 +270,31 @@ def test_plan_after_repeated_executions(store, data, geo, uses_hnsw):
     assert ("Index Scan using vg_main_hnsw" in plan) is uses_hnsw, plan
     if geo is not None and not uses_hnsw:
         assert "vg_main_geo" in plan, plan
+
+
+def test_binary_copy_rows_read_back_and_odd_streams_are_refused():
+    rng = np.random.default_rng(2)
+    h3 = np.array([1, 2**63 + 5, 2**62], np.uint64)
+    lat, lng, vectors = rng.uniform(-90, 90, 3), rng.uniform(-180, 180, 3), _unit(rng.standard_normal((3, 4)))
+    rows = copy_rows_from_binary(copy_binary_rows(h3, lat, lng, vectors), 4)
+    np.testing.assert_array_equal(rows["h3"].astype(np.int64).view(np.uint64), h3)
+    np.testing.assert_array_equal(rows["vec"], vectors)
+    assert rows["lat"].tolist() == lat.tolist() and rows["lng"].tolist() == lng.tolist()
+    assert len(copy_rows_from_binary(copy_binary_rows(h3[:0], lat[:0], lng[:0], vectors[:0]), 4)) == 0
+    with pytest.raises(VectorGeoError, match=r"not rows of \(h3, lat, lng, vector\(5\)\)"):
+        copy_rows_from_binary(copy_binary_rows(h3, lat, lng, vectors), 5)
+    with pytest.raises(VectorGeoError, match="without the binary signature"):
+        copy_rows_from_binary(b"1\t2\n", 4)
+
+
+def test_fetch_many_in_chunks(store, data, monkeypatch):
+    monkeypatch.setattr("vectorgeo.stores.pgvector.FETCH_MANY_CHUNK", 7)
+    rows = np.array([5, 90, 3, 40, 41, 42, 43, 44, 45, 46, 47, 4999])
+    found, vectors, lat, lng = store.fetch_many(np.concatenate([[np.uint64(1)], data["h3"][rows], data["h3"][:2]]))
+    np.testing.assert_array_equal(found, np.concatenate([data["h3"][rows], data["h3"][:2]]))
+    rows = np.r_[rows, 0, 1]
+    np.testing.assert_array_equal(vectors, data["vectors"][rows])
+    assert lat.tolist() == data["lat"][rows].tolist() and lng.tolist() == data["lng"][rows].tolist()
 
 
 def test_copy_load_rate(pg_url):

@@ -108,15 +108,25 @@ def test_a_second_process_cannot_open_a_shard_that_is_open(shard):
     owner.close()
 
 
-def test_clients_answer_as_the_shard_does(shard, host):
+def test_clients_answer_as_the_shard_does(shard, host, monkeypatch):
     path, data = shard
     client = SharedEdgeStore(host.address)
     assert client.count() == N
     vector, lat, lng = client.fetch(int(data["h3"][5]))
     assert (lat, lng) == pytest.approx((data["lat"][5], data["lng"][5]))
     assert vector == pytest.approx(data["vectors"][5] / np.linalg.norm(data["vectors"][5]), abs=1e-6)
+    ask = np.concatenate([data["h3"][::-1], [np.uint64(7)], data["h3"][:3]])  # reversed, one missing, repeats
+    found, vectors, lats, lngs = client.fetch_many(ask)
+    np.testing.assert_array_equal(found, data["h3"][::-1])
+    unit = data["vectors"] / np.linalg.norm(data["vectors"], axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, unit[::-1], atol=1e-6)
+    np.testing.assert_allclose(lats, data["lat"][::-1])
+    np.testing.assert_allclose(lngs, data["lng"][::-1])
+    assert [a.shape for a in client.fetch_many(np.empty(0, np.uint64))] == [(0,), (0, DIM), (0,), (0,)]
     filters = [None, GeoFilter(lat=45, lng=0, radius_km=300), GeoFilter(bbox=(-5, 42, 5, 48))]
     answers = {f: client.search(data["vectors"][9], 7, geo=f, exclude=(int(data["h3"][9]),)) for f in filters}
+    monkeypatch.setattr("vectorgeo.stores.shared_qdrant.FETCH_MANY_CHUNK", 64)  # several calls to the host
+    np.testing.assert_array_equal(client.fetch_many(ask)[0], found)
     host.stop()  # the shard opens here once the host has closed it
     try:
         local = QdrantEdgeStore(path)

@@ -8,19 +8,24 @@ one implementation of the routes. ``vectorgeo/openapi.json`` describes each para
   with ``k``, ``radius_km``, ``bbox``, ``polygon``, ``min_score``, ``min_separation_km``, ``exclude_within_km``,
   ``include_query``, ``store``; a GeoJSON FeatureCollection.
 * ``POST /search``: the same as a JSON body, plus ``positive``/``negative`` cell lists and ``vector``.
+* ``POST /classify``: labelled cells (``labels``: cell -> class, or ``positive``/``negative`` cells) and a
+  region (``bbox``, ``polygon``, or ``lat``, ``lng`` and ``radius_km``; at most 50,000 cells): a light
+  classifier trained on the fly predicts each indexed cell of the region; a GeoJSON FeatureCollection
+  with each cell's class and probabilities (:mod:`vectorgeo.region_classify`).
 * ``GET /cell``: one cell's embedding, hexagon and explanation.
 * ``GET /health``: whether a store answers (503 when it does not).
 * ``GET /openapi.json``: the API description. ``OPTIONS``: CORS preflight.
 
 Errors are JSON ``{"error": "..."}`` saying what was wrong and what is allowed: bad input 400 (a body
 that is not UTF-8, not a JSON object, nested too deep, or holds NaN), an unknown route or a cell outside
-the index 404, a wrong method 405 (with ``Allow``), a body over :data:`MAX_BODY_BYTES` 413, an unreachable
-store 503; anything unexpected is logged and answered 500 ``{"error": "internal error"}``. Only typed
-numbers and cell ids reach the stores, never request text.
+the index 404, a wrong method 405 (with ``Allow``), a body over :data:`MAX_BODY_BYTES` 413, ``POST /classify``
+on a deployment without scikit-learn 501, an unreachable store 503; anything unexpected is logged and answered
+500 ``{"error": "internal error"}``. Only typed numbers and cell ids reach the stores, never request text.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -32,7 +37,17 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from vectorgeo.api_params import GET_CELL, GET_HEALTH, GET_SEARCH, POST_SEARCH, Text, cell_params, search_params
+from vectorgeo.api_params import (
+    GET_CELL,
+    GET_HEALTH,
+    GET_SEARCH,
+    POST_CLASSIFY,
+    POST_SEARCH,
+    Text,
+    cell_params,
+    classify_params,
+    search_params,
+)
 from vectorgeo.errors import InvalidInputError, NotFoundError, StoreUnavailableError, VectorGeoError
 from vectorgeo.search import SearchService, quoted
 from vectorgeo.service_settings import ServiceSettings
@@ -53,6 +68,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "/cell": {"GET": "_get_cell"},
     "/health": {"GET": "_get_health"},
     "/openapi.json": {"GET": "_get_openapi"},
+    "/classify": {"POST": "_post_classify"},
 }
 """Route path -> HTTP method -> the :class:`SearchAPI` method answering it."""
 
@@ -184,9 +200,18 @@ class SearchAPI:
 
     def _post_search(self, request: ApiRequest, route: str) -> ApiResponse:
         if _params(request):
-            raise _HttpError(400, "POST /search takes its parameters in the JSON body, not in the query string")
+            raise _HttpError(400, f"{route} takes its parameters in the JSON body, not in the query string")
         query, options, store = search_params(_json_body(request.body, POST_SEARCH))
         return self._ok(self.service().search(query, options, store=store), cache=False)
+
+    def _post_classify(self, request: ApiRequest, route: str) -> ApiResponse:
+        if _params(request):
+            raise _HttpError(400, f"{route} takes its parameters in the JSON body, not in the query string")
+        arguments = classify_params(_json_body(request.body, POST_CLASSIFY))
+        if importlib.util.find_spec("sklearn") is None:  # a Lambda zip built without it (see lambda/README.md)
+            missing = f"{route} needs scikit-learn, which this deployment leaves out; the other routes work"
+            raise _HttpError(501, missing)
+        return self._ok(self.service().classify(**arguments), cache=False)
 
     def _get_cell(self, request: ApiRequest, route: str) -> ApiResponse:
         cell, lat, lng, store = cell_params(_query_params(request, route, GET_CELL))

@@ -10,16 +10,32 @@ from __future__ import annotations
 import math
 import re
 
+from vectorgeo.classifiers import CLASSIFIERS
 from vectorgeo.errors import InvalidInputError
+from vectorgeo.region_classify import MAX_LABELS
 from vectorgeo.search import MAX_QUERY_CELLS, Query, SearchOptions, cell_from_string, quoted
+from vectorgeo.stores import GeoFilter
 
-__all__ = ["GET_CELL", "GET_HEALTH", "GET_SEARCH", "POST_SEARCH", "Text", "cell_params", "search_params"]
+__all__ = [
+    "GET_CELL",
+    "GET_HEALTH",
+    "GET_SEARCH",
+    "POST_CLASSIFY",
+    "POST_SEARCH",
+    "Text",
+    "cell_params",
+    "classify_params",
+    "search_params",
+]
 
 OPTIONS = ("k", "radius_km", "bbox", "polygon", "min_score", "min_separation_km", "exclude_within_km", "include_query")
 GET_SEARCH = ("lat", "lng", "h3", *OPTIONS, "store")
 """Query parameters of ``GET /search``."""
 POST_SEARCH = (*GET_SEARCH, "positive", "negative", "vector", "alpha")
 """Fields of the ``POST /search`` body."""
+POST_CLASSIFY = ("labels", "positive", "negative", "bbox", "polygon", "lat", "lng", "radius_km", "classifier",
+                 "geometry", "store")  # fmt: skip
+"""Fields of the ``POST /classify`` body."""
 GET_CELL = ("h3", "lat", "lng", "store")
 GET_HEALTH = ("store",)
 _HINTS = {
@@ -59,6 +75,93 @@ def cell_params(p: dict) -> tuple[int | None, float | None, float | None, str | 
     if h3 is None and (lat is None or lng is None):
         raise InvalidInputError("GET /cell needs h3=<H3 cell id>, or lat and lng")
     return (cell_from_string(h3) if h3 is not None else None), lat, lng, _store(p)
+
+
+def classify_params(p: dict) -> dict:
+    """Keyword arguments of :meth:`SearchService.classify` from a ``POST /classify`` body (JSON values).
+
+    Returns:
+        ``labels`` (uint64 cell -> class name, or None), ``positive`` and ``negative`` (uint64 cells),
+        ``region`` (a :class:`GeoFilter`), ``classifier``, ``geometry`` and ``store``.
+
+    Raises:
+        InvalidInputError: a value of the wrong type or out of range, no region or several, labels given
+            both ways.
+    """
+    labels = _labels(p.get("labels"))
+    positive, negative = _label_cells(p.get("positive"), "positive"), _label_cells(p.get("negative"), "negative")
+    if labels is not None and (positive or negative):
+        raise InvalidInputError("give labels, or positive (and negative) cells, not both")
+    if labels is None and not positive:
+        hint = " (negative cells need positive ones)" if negative else ""
+        raise InvalidInputError(
+            'give labels {"<h3 cell>": "<class>", ...} with at least 2 classes, or positive cells (and optionally '
+            f"negative){hint}"
+        )
+    classifier = p.get("classifier", CLASSIFIERS[0])
+    if not isinstance(classifier, str) or classifier not in CLASSIFIERS:
+        raise InvalidInputError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {quoted(classifier)}")
+    geometry = p.get("geometry", True)
+    if not isinstance(geometry, bool):
+        raise InvalidInputError(f"geometry must be true or false, got {quoted(geometry)}")
+    return {
+        "labels": labels,
+        "region": _region(p),
+        "positive": positive,
+        "negative": negative,
+        "classifier": classifier,
+        "geometry": geometry,
+        "store": _store(p),
+    }
+
+
+def _labels(value: object) -> dict[int, str] | None:
+    """``{"<h3 cell>": "<class>", ...}`` as uint64 cell -> class name."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInputError(f'labels must be a JSON object {{"<h3 cell>": "<class>", ...}}, got {quoted(value)}')
+    if len(value) > MAX_LABELS:  # before parsing each: a body may list thousands
+        raise InvalidInputError(f"at most {MAX_LABELS:,} labelled cells, got {len(value):,}")
+    labels: dict[int, str] = {}
+    for text, name in value.items():
+        cell = cell_from_string(text, "each labels key")
+        if not isinstance(name, str):
+            raise InvalidInputError(f"labels values must be class names (strings), got {quoted(name)} for {text!r:.40}")
+        if cell in labels:
+            raise InvalidInputError(f"H3 cell {text!r:.40} is labelled more than once; keep one label")
+        labels[cell] = name
+    return labels
+
+
+def _label_cells(value: object, name: str) -> tuple[int, ...]:
+    """H3 ids from a JSON list of strings, at most :data:`MAX_LABELS`."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInputError(f"{name} must be a list of H3 cell id strings, got {quoted(value)}")
+    if len(value) > MAX_LABELS:
+        raise InvalidInputError(f"at most {MAX_LABELS:,} {name} cells, got {len(value):,}")
+    return tuple(cell_from_string(v, name) for v in value)
+
+
+def _region(p: dict) -> GeoFilter:
+    """The one region a body names: ``bbox``, ``polygon``, or ``lat``, ``lng`` and ``radius_km``."""
+    radius = [name for name in ("lat", "lng", "radius_km") if name in p]
+    given = ["bbox"] * ("bbox" in p) + ["polygon"] * ("polygon" in p) + (["lat/lng/radius_km"] if radius else [])
+    if len(given) != 1:
+        listed = f"; got {' and '.join(given)}" if given else ""
+        raise InvalidInputError(
+            f"give one region: bbox [west, south, east, north], polygon [[lng, lat], ...], or lat, lng and "
+            f"radius_km{listed}"
+        )
+    if "bbox" in p:
+        return GeoFilter(bbox=_bbox(p["bbox"]))
+    if "polygon" in p:
+        return GeoFilter(polygon=_polygon(p["polygon"]))
+    if len(radius) != 3:
+        raise InvalidInputError(f"a radius region needs lat, lng and radius_km; got only {', '.join(radius)}")
+    return GeoFilter(lat=_number(p, "lat"), lng=_number(p, "lng"), radius_km=_number(p, "radius_km"))
 
 
 def _query(p: dict) -> Query:

@@ -11,6 +11,10 @@ resolution), with what writes each key:
 - ``embeddings/{name}/res{R}/part-{i:05d}.parquet``, ``embeddings/{name}/res{R}/manifest.json``: flow 03
 - ``indexes/{name}/res{R}/`` (FAISS files), ``indexes/{name}/res{R}/search/`` (search sidecars): flow 04
 - ``reports/{name}/res{R}/evaluation.json``, ``evaluation.png``: flow 05
+- ``classifiers/{clf}.skops`` (the model, skops, never pickle), ``classifiers/{clf}.json`` (its sidecar with the
+  cross-validation report): flow 06 (``{clf}`` a classifier's name)
+- ``predictions/{clf}/res{R}/parts/part-{i:05d}.parquet``, ``predictions.parquet`` (GeoParquet), ``classes.tif``
+  (COG), ``probability-{class}.tif`` (COG), ``summary.json``, ``map.png``: flow 06
 
 File names inside the two ``indexes`` prefixes belong to the code that writes them
 (:data:`vectorgeo.stores.faiss.INDEX_FILES`, :data:`vectorgeo.search_index.SIDECAR_FILES`).
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STENCIL_PREFIX",
+    "classifier_keys",
     "collection_name",
     "embeddings_manifest_key",
     "embeddings_part_key",
@@ -43,6 +48,8 @@ __all__ = [
     "is_plain_name",
     "model_keys",
     "model_name",
+    "prediction_keys",
+    "prediction_part_key",
     "read_embeddings_manifest",
     "read_model_sidecar",
     "read_train_manifest",
@@ -172,6 +179,42 @@ def report_keys(name: str, h3_resolution: int) -> dict[str, str]:
     """Keys of an evaluation report (``report``) and its figure (``figure``) under ``reports/{name}/res{R}/``."""
     base = f"reports/{name}/res{h3_resolution}/evaluation"
     return {"report": f"{base}.json", "figure": f"{base}.png"}
+
+
+def classifier_keys(name: str) -> dict[str, str]:
+    """Keys of a trained classifier (``model``, a skops file) and its JSON ``sidecar``, under ``classifiers/``.
+
+    Raises:
+        InvalidInputError: the name is not a plain name.
+    """
+    if not is_plain_name(name):
+        raise InvalidInputError(f"classifier name {name!r} must be plain: letters, digits, '_', '-', '.'")
+    return {"model": f"classifiers/{name}.skops", "sidecar": f"classifiers/{name}.json"}
+
+
+def _prediction_prefix(name: str, h3_resolution: int) -> str:
+    classifier_keys(name)  # checks the name
+    return f"predictions/{name}/res{h3_resolution}/"
+
+
+def prediction_part_key(name: str, h3_resolution: int, part: int) -> str:
+    """Key of one part of a classifier's predictions: ``predictions/{clf}/res{R}/parts/part-{i:05d}.parquet``."""
+    return f"{_prediction_prefix(name, h3_resolution)}parts/part-{part:05d}.parquet"
+
+
+def prediction_keys(name: str, h3_resolution: int, probability_class: str = "") -> dict[str, str]:
+    """Keys of a classifier's map: ``geoparquet``, ``cog`` (classes), ``summary``, ``map`` (a PNG preview), and
+    ``probability_cog`` when ``probability_class`` names a class (its name made safe for a key)."""
+    base = _prediction_prefix(name, h3_resolution)
+    keys = {
+        "geoparquet": f"{base}predictions.parquet",
+        "cog": f"{base}classes.tif",
+        "summary": f"{base}summary.json",
+        "map": f"{base}map.png",
+    }
+    if probability_class:
+        keys["probability_cog"] = f"{base}probability-{re.sub(r'[^A-Za-z0-9_.-]+', '_', probability_class)}.tif"
+    return keys
 
 
 def collection_name(model: str, h3_resolution: int) -> str:

@@ -7,6 +7,7 @@ so a card's content is library code that tests can call.
 from __future__ import annotations
 
 __all__ = [
+    "classification_card",
     "evaluation_card",
     "inference_card",
     "pairs_card",
@@ -96,3 +97,37 @@ def upload_card(counts: dict) -> list:
 
     rows = [[k, r["collection"], r["count"], r["parts_loaded"], r["parts_skipped"]] for k, r in counts.items()]
     return [Markdown("# Vector stores"), Table(rows, headers=["store", "collection", "rows", "parts loaded", "reused"])]
+
+
+def classification_card(sidecar: dict, summary: dict, map_png: bytes | None = None) -> list:
+    """Card for flow 06: blocked cross-validation on the embeddings and on the class histogram side by side,
+    per-class precision and recall, the confusion matrix, the predicted class counts and a small map."""
+    from metaflow.cards import Markdown, Table
+
+    cv = sidecar["cv"]
+    feats = cv["features"]
+    names = list(feats)
+    head = [[metric, *(str(feats[n][metric]) for n in names)] for metric in ("accuracy", "macro_f1", "n_folds")]
+    classes = sidecar["classes"]
+    per_class = [
+        [c, *(f"{feats[n]['per_class'][c]['precision']} / {feats[n]['per_class'][c]['recall']}" for n in names),
+         feats[names[0]]["per_class"][c]["support"], summary["class_counts"].get(c, 0)]
+        for c in classes
+    ]  # fmt: skip
+    confusion = [[c, *row] for c, row in zip(classes, feats["embeddings"]["confusion"], strict=True)]
+    return [
+        Markdown(
+            f"# Classifier {sidecar['name']} ({sidecar['classifier']}) on {sidecar['features']['model']} embeddings"
+        ),
+        Markdown(
+            f"Blocked cross-validation: {cv['n_labels']} labelled cells in {cv['n_blocks']} blocks "
+            f"(H3 parents at res {cv['parent_res']}), {feats['embeddings']['n_folds']} folds."
+        ),
+        Table(head, headers=["metric", *names]),
+        Table(per_class, headers=["class", *(f"{n} precision / recall" for n in names), "labels", "cells mapped"]),
+        Markdown("Confusion matrix of the embeddings (rows: true class, columns: predicted)"),
+        Table(confusion, headers=["", *classes]),
+        *(Markdown(f"**Warning:** {w}") for w in cv.get("warnings") or []),
+        Markdown(f"Map: {summary['n_cells']} cells -> {summary['keys']['geoparquet']}, {summary['keys']['cog']}"),
+        *_image(map_png, "predicted classes"),
+    ]

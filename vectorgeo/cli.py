@@ -8,6 +8,7 @@ messages are the HTTP API's.
     vectorgeo search --lat 44.6 --lng -123.9 --k 10 --radius-km 50
     vectorgeo search --h3 8728f5990ffffff --bbox=-124.5,44,-123,45.5 --store faiss --geojson
     vectorgeo serve --port 8000
+    vectorgeo registry predictions --model wetlands
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--resolution", type=int, metavar="R", help="H3 resolution of the index ($VG_H3_RESOLUTION)")
     index.add_argument("--data-dir", metavar="DIR", help="where the embedded Qdrant and PostgreSQL live ($VG_DATA_DIR)")
     search.add_argument("-v", "--verbose", action="store_true", help="log what the search service does (warnings too)")
+    _add_registry_parser(commands)
     return parser
 
 
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "registry":
+        return _registry(args)
     if args.command != "search":
         parser.print_help(sys.stderr)
         return 2
@@ -172,6 +176,83 @@ def _table(answer: dict) -> str:
 
 def _maybe(value: float | None, spec: str) -> str:
     return "-" if value is None else spec.format(value)
+
+
+# ------------------------------------------------------------ vectorgeo registry
+
+
+def _add_registry_parser(commands: argparse._SubParsersAction) -> None:
+    registry = commands.add_parser(
+        "registry",
+        help="list the trained classifiers and their prediction rasters",
+        description="The model and prediction registry (ml_models, raster_predictions), newest first. "
+        "Reads DATABASE_URL; unset, the embedded PostgreSQL in $VG_DATA_DIR/postgres.",
+    )
+    lists = registry.add_subparsers(dest="registry_command", metavar="LIST", required=True, parser_class=_Parser)
+    models = lists.add_parser("models", help="the registered classifiers")
+    predictions = lists.add_parser("predictions", help="the registered prediction rasters")
+    predictions.add_argument("--model", metavar="NAME", help="only the predictions of models of this name")
+    for sub in (models, predictions):
+        sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+        sub.add_argument("--data-dir", metavar="DIR", help="where the embedded PostgreSQL lives ($VG_DATA_DIR)")
+        sub.add_argument("-v", "--verbose", action="store_true", help="log what the registry does")
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from vectorgeo.errors import InvalidInputError, VectorGeoError
+    from vectorgeo.registry import open_registry
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(name)s: %(message)s")
+    constants = _constants()
+    what = args.registry_command
+    try:
+        with open_registry(constants.DATABASE_URL, args.data_dir or constants.DATA_DIR) as registry:
+            rows = registry.list_models() if what == "models" else registry.list_predictions(args.model)
+            location = registry.location
+    except VectorGeoError as exc:
+        print(f"vectorgeo registry: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, InvalidInputError) else 1
+    if not rows:
+        of = f" of model {args.model!r}" if what == "predictions" and args.model else ""
+        print(f"no {what}{of} in the registry at {location}", file=sys.stderr if args.json else sys.stdout)
+    elif args.json:
+        print("\n".join(json.dumps(row, default=_json_value, ensure_ascii=False) for row in rows))
+    else:
+        print(_registry_table(rows, what))
+    return 0
+
+
+def _registry_table(rows: list[dict], what: str) -> str:
+    """Registry rows as aligned text (times in UTC); numeric columns right-aligned."""
+    from datetime import UTC
+
+    def when(row: dict) -> str:
+        return row["created"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+    def macro_f1(row: dict) -> str:
+        value = (row["cv_metrics"] or {}).get("macro_f1")
+        return f"{value:.3f}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+    if what == "models":
+        header = ("id", "name", "created", "classifier", "macro-F1", "artifact key")
+        cells = [(str(r["id"]), r["name"], when(r), r["classifier"], macro_f1(r), r["artifact_key"]) for r in rows]
+        right = {0, 4}
+    else:
+        header = ("id", "model", "created", "res", "cells", "COG key", "GeoParquet key")
+        cells = [(str(r["id"]), r["model_name"], when(r), str(r["h3_resolution"]), str(r["n_cells"]), r["cog_key"],
+                  r["geoparquet_key"]) for r in rows]  # fmt: skip
+        right = {0, 3, 4}
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in [header, *cells]]  # fmt: skip
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _json_value(value: object) -> object:
+    """JSON for what psycopg returns beyond JSON's types (timestamps)."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _constants() -> ModuleType:

@@ -35,6 +35,7 @@ import h3.api.basic_int as h3i
 import numpy as np
 
 from vectorgeo.artifacts import collection_name, index_prefix, search_prefix
+from vectorgeo.classifiers import DEFAULT_CLASSIFIER
 from vectorgeo.errors import (
     BucketKeyNotFoundError,
     InvalidInputError,
@@ -340,6 +341,43 @@ class SearchService:
             "model": self.model,
         }
         return _feature(properties["h3"], _rings([cell])[0], properties)
+
+    def classify(
+        self,
+        labels: Mapping[int, str] | None,
+        region: GeoFilter,
+        *,
+        positive: Sequence[int] = (),
+        negative: Sequence[int] = (),
+        classifier: str = DEFAULT_CLASSIFIER,
+        geometry: bool = True,
+        store: str | None = None,
+    ) -> dict:
+        """Train a light classifier on labelled cells and predict every indexed cell of ``region``.
+
+        See :func:`vectorgeo.region_classify.classify_region` (the arguments and the answer); the store is
+        read through ``fetch_many`` a chunk at a time, under its lock when it is not thread-safe.
+
+        Raises:
+            InvalidInputError: bad labels, a region too large, an unknown classifier or store.
+            NotFoundError: a labelled cell is not in the index.
+            StoreUnavailableError: the store cannot be reached.
+        """
+        from vectorgeo.region_classify import classify_region  # it builds on this module's GeoJSON helpers
+
+        kind = self._kind(store)
+        return classify_region(
+            lambda ids: self._call(kind, lambda vs: vs.fetch_many(ids)),
+            labels,
+            region,
+            h3_resolution=self.h3_resolution,
+            positive=positive,
+            negative=negative,
+            classifier=classifier,
+            geometry=geometry,
+            model=self.model,
+            store=kind,
+        )
 
     def health(self, store: str | None = None) -> dict:
         """Whether a store answers, how many cells it holds, and whether calibration and attributes are loaded.

@@ -20,12 +20,13 @@
     overview: null, // the land-cover overview's metadata once loaded, false when there is none
     area: null, // the drawn area filter, null when none: {kind: "box" | "polygon", param: {bbox} | {polygon}, words}
     drawing: false, // a box or polygon is being drawn: map clicks place its corners, they do not search
+    labelMode: false, // label mode (labels.js): map clicks mark cells, they do not search
   };
   const map = L.map("map", { worldCopyJump: true }).setView([20, 0], 2);
   map.createPane("landcover").style.zIndex = 350; // under the result hexagons (overlayPane, 400)
   map.createPane("area").style.zIndex = 390; // the drawn area: over the land cover, under the results
   L.control.scale({ imperial: false }).addTo(map);
-  window.vg = { state, map };
+  window.vg = { state, map }; // and vg.ui (below): what labels.js borrows
 
   const resultsLayer = L.featureGroup().addTo(map);
   const queryLayer = L.featureGroup().addTo(map);
@@ -50,11 +51,19 @@
     return url;
   }
 
-  async function callApi(route, params, signal) {
+  // GET route?params, or with init = {method: "POST", body: an object sent as JSON}. A refusal throws an Error
+  // with the API's own message and the HTTP status (err.status).
+  async function callApi(route, params, signal, init = {}) {
     const url = apiUrl(route, params);
+    const headers = { Accept: "application/json" };
+    const request = { signal, headers, method: init.method || "GET" };
+    if (init.body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      request.body = JSON.stringify(init.body);
+    }
     let response;
     try {
-      response = await fetch(url, { signal, headers: { Accept: "application/json" } });
+      response = await fetch(url, request);
     } catch (err) {
       if (err.name === "AbortError") throw err;
       throw new Error(`Cannot reach the API at ${url.origin}${url.pathname}: ${err.message}. Check the endpoint.`);
@@ -67,7 +76,7 @@
     }
     if (!response.ok) {
       const reason = body && body.error ? body.error : `HTTP ${response.status} ${response.statusText}`;
-      throw new Error(reason);
+      throw Object.assign(new Error(reason), { status: response.status });
     }
     if (body === null) throw new Error(`${url.pathname} did not answer JSON; is ${state.api} a VectorGeo API?`);
     return body;
@@ -277,7 +286,7 @@
       });
       layer.bindTooltip(tooltip(p));
       layer.on("click", (e) => {
-        if (state.drawing) return; // the click places a corner of the area being drawn
+        if (state.drawing || state.labelMode) return; // the map's click places a corner, or labels the cell
         L.DomEvent.stopPropagation(e);
         select(p.rank);
       });
@@ -473,6 +482,7 @@
   });
 
   // ---- wiring ----
+  window.vg.ui = { callApi, setStatus, showError, legendControl, boxArea };
   state.api = initialApi();
   $("api").value = state.api;
   $("api-save").addEventListener("click", () => {
@@ -488,7 +498,12 @@
   });
   $("controls").addEventListener("submit", (e) => e.preventDefault());
   $("store").addEventListener("change", checkHealth);
-  map.on("click", (e) => state.drawing || search(e.latlng.lat, e.latlng.wrap().lng));
+  map.on("click", (e) => {
+    if (state.drawing) return;
+    const [lat, lng] = [e.latlng.lat, e.latlng.wrap().lng];
+    if (state.labelMode && window.vg.labelClick) window.vg.labelClick(lat, lng);
+    else search(lat, lng);
+  });
   $("area-clear").addEventListener("click", () => setArea(null));
 
   loadOverview();

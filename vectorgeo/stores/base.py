@@ -17,7 +17,7 @@ import numpy as np
 from vectorgeo.errors import InvalidInputError
 from vectorgeo.geodesy import HALF_CIRCUMFERENCE_KM, haversine_m
 
-__all__ = ["MAX_POLYGON_VERTICES", "GeoFilter", "Match", "VectorStore"]
+__all__ = ["MAX_POLYGON_VERTICES", "GeoFilter", "Match", "VectorStore", "cell_ids", "in_request_order"]
 
 
 MAX_POLYGON_VERTICES = 500
@@ -212,8 +212,79 @@ class VectorStore(Protocol):
     def fetch(self, h3: int) -> tuple[np.ndarray, float, float]:
         """A cell's vector and centre ``(vector, lat, lng)``; raises ``NotFoundError`` if absent."""
 
+    def fetch_many(self, h3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Vectors and centres of many cells at once: ``(found_h3, vectors, lat, lng)``.
+
+        Args:
+            h3: H3 cell ids (uint64, or integers that fit it), any number: adapters split them into
+                requests of a few thousand ids themselves.
+
+        Returns:
+            The ids present in the store (uint64, ``(m,)``), in the order of their first occurrence in
+            ``h3`` (an id asked twice comes back once; absent ids are left out silently), their float32
+            vectors ``(m, dim)`` and centres (float64 degrees, ``(m,)`` each). Nothing found: ``m = 0``.
+
+        Raises:
+            InvalidInputError: ids that are not non-negative integers.
+        """
+
     def count(self) -> int:
         """Rows stored."""
 
     def close(self) -> None:
         """Release connections, files or servers."""
+
+
+def cell_ids(h3: object) -> np.ndarray:
+    """Cell ids as a 1-D uint64 array (the input of :meth:`VectorStore.fetch_many`).
+
+    Raises:
+        InvalidInputError: not integers, or integers outside 0..2**64-1.
+    """
+    if isinstance(h3, np.ndarray | np.generic):
+        arr = np.asarray(h3)
+    else:  # Python ints: np.asarray would turn a mix of ids above and below 2**63 into float64
+        arr = np.array(list(h3) if isinstance(h3, list | tuple | range) else [h3], dtype=object)
+    if arr.dtype.kind == "O" or (arr.size == 0 and arr.dtype.kind not in "iu"):
+        if any(isinstance(v, bool | float | np.floating | np.bool_) for v in arr.ravel()):
+            raise InvalidInputError("cell ids must be integers (uint64 H3 cells), not booleans or floats")
+        try:
+            values = [int(v) for v in arr.ravel()]
+        except (TypeError, ValueError):
+            raise InvalidInputError("cell ids must be integers (uint64 H3 cells)") from None
+        if any(not 0 <= v < 2**64 for v in values):
+            raise InvalidInputError("cell ids must be uint64 H3 cells, in 0..2**64-1")
+        return np.array(values, dtype=np.uint64)
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+        raise InvalidInputError(f"cell ids must be non-negative uint64 H3 cells, got {int(arr.min())}")
+    if arr.dtype.kind not in "iu":
+        raise InvalidInputError(f"cell ids must be integers (uint64 H3 cells), got dtype {arr.dtype}")
+    return arr.astype(np.uint64).reshape(-1)
+
+
+def in_request_order(
+    requested: np.ndarray, found: np.ndarray, vectors: np.ndarray, lat: np.ndarray, lng: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a store found, put in the order of each id's first occurrence in ``requested``, once each.
+
+    Args:
+        requested: The uint64 ids asked for.
+        found: The ids the store answered (each of them in ``requested``), in any order, repeats allowed.
+        vectors, lat, lng: Their rows.
+        dim: Vector length (the shape of an empty answer).
+
+    Returns:
+        ``(found_h3 uint64, vectors float32 (m, dim), lat float64, lng float64)``, as ``fetch_many`` answers.
+    """
+    found = np.asarray(found, dtype=np.uint64).reshape(-1)
+    if not len(found):
+        return np.empty(0, np.uint64), np.empty((0, dim), np.float32), np.empty(0), np.empty(0)
+    uniq, first = np.unique(requested, return_index=True)
+    rank = first[np.searchsorted(uniq, found)]  # where each found id first appears in the request
+    _, keep = np.unique(rank, return_index=True)  # sorted by that position; a repeated answer once
+    return (
+        found[keep],
+        np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(len(found), -1)[keep]),
+        np.asarray(lat, dtype=np.float64)[keep],
+        np.asarray(lng, dtype=np.float64)[keep],
+    )

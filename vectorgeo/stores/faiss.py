@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from vectorgeo.errors import InvalidInputError, NotFoundError, VectorGeoError
-from vectorgeo.stores.base import GeoFilter, Match
+from vectorgeo.stores.base import GeoFilter, Match, cell_ids
 from vectorgeo.stores.geogrid import cover_ranges, filter_bbox, geo_cells
 
 __all__ = ["INDEX_FILES", "FaissStore", "is_current"]
@@ -436,6 +436,27 @@ class FaissStore:
             raise NotFoundError(f"H3 cell {int(h3)} ({int(h3):x}) is not in the FAISS store in {self.directory}")
         i = int(pos[0])
         return np.array(self._vectors[i], dtype=np.float32), float(self._lat[i]), float(self._lng[i])
+
+    def fetch_many(self, h3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Vectors and centres of the cells present: ``(found_h3, vectors, lat, lng)``, in request order.
+
+        One vectorised position lookup (a binary search of the sorted id map), then one gather from the
+        memory-mapped arrays, read in file order. Any number of ids; see
+        :meth:`~vectorgeo.stores.base.VectorStore.fetch_many`.
+        """
+        ids = cell_ids(h3)
+        self._consolidate()
+        dim = self._dim or 0
+        if not len(ids) or not len(self._h3):
+            return np.empty(0, np.uint64), np.empty((0, dim), np.float32), np.empty(0), np.empty(0)
+        _, first = np.unique(ids, return_index=True)
+        ids = ids[np.sort(first)]  # each id once, in the order it was first asked
+        pos = np.minimum(np.searchsorted(self._h3, ids), len(self._h3) - 1)
+        pos = pos[self._h3[pos] == ids]
+        rows, back = np.unique(pos, return_inverse=True)  # sorted rows: the mapped files are read in order
+        vectors = np.asarray(self._vectors[rows], dtype=np.float32)[back]
+        lat, lng = np.asarray(self._lat[pos], np.float64), np.asarray(self._lng[pos], np.float64)
+        return np.asarray(self._h3[pos], np.uint64), np.ascontiguousarray(vectors), lat, lng
 
     def count(self) -> int:
         """Rows stored (pending upserts included, each id once)."""

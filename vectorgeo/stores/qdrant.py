@@ -43,6 +43,7 @@ returns the unit vector in the direction of what was stored.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -54,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vectorgeo.errors import InvalidInputError, NotFoundError, StoreBusyError, StoreUnavailableError
-from vectorgeo.stores.base import GeoFilter, Match
+from vectorgeo.stores.base import GeoFilter, Match, cell_ids, in_request_order
 from vectorgeo.stores.geogrid import cover_ranges, geo_cells
 
 if TYPE_CHECKING:
@@ -311,6 +312,32 @@ def _fetched(records: list, missing: str) -> tuple[np.ndarray, float, float]:
     return _vector_of(rec.vector), float(location["lat"]), float(location["lon"])
 
 
+RETRIEVE_CHUNK = 2_000
+"""Ids per ``retrieve`` call of :meth:`QdrantClientStore.fetch_many` and :meth:`QdrantEdgeStore.fetch_many`."""
+
+
+def _fetch_many(
+    h3: np.ndarray, dim: int, retrieve: Callable[[list[int]], list]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``fetch_many`` over a ``retrieve(ids) -> records`` call, :data:`RETRIEVE_CHUNK` ids at a time."""
+    ids = cell_ids(h3)
+    _, first = np.unique(ids, return_index=True)
+    ids = ids[np.sort(first)]
+    records = []
+    for part in _batches(len(ids), RETRIEVE_CHUNK):
+        records += retrieve(ids[part].tolist())
+    n = len(records)
+    found = np.fromiter((r.id for r in records), np.uint64, n)
+    locations = [r.payload[LOCATION_FIELD] for r in records]
+    lat = np.fromiter((p["lat"] for p in locations), np.float64, n)
+    lng = np.fromiter((p["lon"] for p in locations), np.float64, n)
+    raw = [r.vector for r in records]
+    if raw and isinstance(raw[0], dict):  # named vectors: the default one
+        raw = [v.get("", next(iter(v.values()))) for v in raw]
+    vectors = np.fromiter(itertools.chain.from_iterable(raw), np.float32, n * dim).reshape(n, dim)
+    return in_request_order(ids, found, vectors, lat, lng, dim)
+
+
 def _vector_of(raw: Any) -> np.ndarray:
     """The default (unnamed) vector of a record, whichever shape the engine returns."""
     if isinstance(raw, dict):
@@ -501,6 +528,18 @@ class QdrantClientStore:
         self._require_dim()
         records = self.client.retrieve(self.collection, [int(h3)], with_payload=[LOCATION_FIELD], with_vectors=True)
         return _fetched(records, f"cell {int(h3)} is not in Qdrant collection {self.collection!r}")
+
+    def fetch_many(self, h3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Unit vectors and centres of the cells present: ``(found_h3, vectors, lat, lng)``, in request order.
+
+        One ``retrieve`` per :data:`RETRIEVE_CHUNK` ids; see :meth:`~vectorgeo.stores.base.VectorStore.fetch_many`.
+        """
+        dim = self._require_dim()
+
+        def retrieve(ids: list[int]) -> list:
+            return self.client.retrieve(self.collection, ids, with_payload=[LOCATION_FIELD], with_vectors=True)
+
+        return _fetch_many(h3, dim, retrieve)
 
     def count(self) -> int:
         """Points stored (exact count)."""
@@ -729,6 +768,14 @@ class QdrantEdgeStore:
         shard, _ = self._require()
         records = shard.retrieve([int(h3)], with_payload=[LOCATION_FIELD], with_vector=True)
         return _fetched(records, f"cell {int(h3)} is not in Qdrant Edge shard {self.path}")
+
+    def fetch_many(self, h3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Unit vectors and centres of the cells present: ``(found_h3, vectors, lat, lng)``, in request order.
+
+        One ``retrieve`` per :data:`RETRIEVE_CHUNK` ids; see :meth:`~vectorgeo.stores.base.VectorStore.fetch_many`.
+        """
+        shard, dim = self._require()
+        return _fetch_many(h3, dim, lambda ids: shard.retrieve(ids, with_payload=[LOCATION_FIELD], with_vector=True))
 
     def count(self) -> int:
         """Points stored (exact count)."""

@@ -26,16 +26,18 @@ from typing import Any
 import numpy as np
 
 from vectorgeo.errors import InvalidInputError, VectorGeoError
-from vectorgeo.stores.base import GeoFilter, Match
+from vectorgeo.stores.base import GeoFilter, Match, cell_ids
 
 __all__ = ["READ_CALLS", "EdgeShardAddress", "EdgeShardHost", "SharedEdgeStore", "run_edge_shard_host"]
 
 logger = logging.getLogger(__name__)
 
-READ_CALLS = frozenset({"search", "fetch", "count"})
+READ_CALLS = frozenset({"search", "fetch", "fetch_many", "count"})
 """The store calls a host answers: serving only reads (flow 04 loads the shard with the server stopped)."""
 
 _CALL_TIMEOUT_S = 30.0
+FETCH_MANY_CHUNK = 10_000
+"""Ids per call of :meth:`SharedEdgeStore.fetch_many` to the host (about 3 MB of 64-d vectors back)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,20 @@ class SharedEdgeStore:
     def fetch(self, h3: int) -> tuple[np.ndarray, float, float]:
         """A cell's unit vector (float32) and centre ``(vector, lat, lng)``; NotFoundError if it is missing."""
         return self._call("fetch", int(h3))
+
+    def fetch_many(self, h3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Unit vectors and centres of the cells present: ``(found_h3, vectors, lat, lng)``, in request order.
+
+        One call to the host per :data:`FETCH_MANY_CHUNK` ids (numpy arrays both ways); see
+        :meth:`~vectorgeo.stores.base.VectorStore.fetch_many`.
+        """
+        ids = cell_ids(h3)
+        _, first = np.unique(ids, return_index=True)
+        ids = ids[np.sort(first)]  # each id once, so the chunks' answers never overlap
+        parts = [self._call("fetch_many", ids[i : i + FETCH_MANY_CHUNK]) for i in range(0, len(ids), FETCH_MANY_CHUNK)]
+        if not parts:
+            parts = [self._call("fetch_many", ids)]  # an empty request: the host knows the vector length
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 
     def count(self) -> int:
         """Points in the shard (NotFoundError when the host has no shard)."""
