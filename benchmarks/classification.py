@@ -85,12 +85,12 @@ def main() -> None:
                     "histogram": {k: cv["features"]["histogram"][k] for k in ("accuracy", "macro_f1")},
                     "seconds": round(time.perf_counter() - started, 2), "warnings": cv["warnings"],
                 })  # fmt: skip
-    print(f"{'target':<11}{'classifier':<15}{'labels':>7}{'blocks':>7}  {'emb F1':>7}{'hist F1':>8}"
+    print(f"{'target':<15}{'classifier':<15}{'labels':>7}{'blocks':>7}  {'emb F1':>7}{'hist F1':>8}"
           f"{'emb acc':>8}{'hist acc':>9}  target F1>={TARGET_F1}")  # fmt: skip
     for r in rows:
         emb, hist = r["embeddings"], r["histogram"]
         met = "met" if emb["macro_f1"] >= TARGET_F1 else "MISSED"
-        print(f"{r['target']:<11}{r['classifier']:<15}{r['n_labels']:>7}{r['n_blocks']:>7}  {emb['macro_f1']:>7.3f}"
+        print(f"{r['target']:<15}{r['classifier']:<15}{r['n_labels']:>7}{r['n_blocks']:>7}  {emb['macro_f1']:>7.3f}"
               f"{hist['macro_f1']:>8.3f}{emb['accuracy']:>8.3f}{hist['accuracy']:>9.3f}  {met}")  # fmt: skip
     out = {"machine": f"{platform.machine()}, {platform.processor() or '?'}, python {platform.python_version()}",
            "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows}  # fmt: skip

@@ -1,13 +1,15 @@
 """Flow 06: from labelled places to a map of classes.
 
 Reads a label file (GeoJSON points or polygons, or CSV; a local path or a bucket key) and the
-embeddings of flow 03; writes ``classifiers/{clf}.skops`` + ``.json`` (the model, safe to load,
-and its blocked cross-validation beside the class-histogram baseline), then
-``predictions/{clf}/res{R}/``: parts, ``predictions.parquet`` (GeoParquet), ``classes.tif`` (COG),
+embeddings of flow 03; writes ``classifiers/{clf}/{version}.skops`` + ``.json`` (the model, safe to
+load, and its blocked cross-validation beside the class-histogram baseline; the version names the
+inputs, so a rerun reuses it and new labels never overwrite it), then
+``predictions/{clf}/{version}/res{R}/``: parts, ``predictions.parquet`` (GeoParquet), ``classes.tif`` (COG),
 an optional probability COG, ``summary.json``; and records model and map in the registry
 (``ml_models``, ``raster_predictions`` in DATABASE_URL, or the embedded PostgreSQL).
 """
 
+import re
 from pathlib import Path
 
 from metaflow import Parameter, card, current, resources, retry, step
@@ -16,7 +18,8 @@ import constants
 from flow_support import VectorGeoFlow, store_servers, user_errors
 from vectorgeo.cards import classification_card
 from vectorgeo.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
-from vectorgeo.jobs.classify import finish_prediction, plan_prediction, run_prediction, train_classifier
+from vectorgeo.jobs.classify import plan_prediction, run_prediction, train_classifier
+from vectorgeo.jobs.classify_maps import finish_prediction
 
 
 class ClassifyFlow(VectorGeoFlow):
@@ -52,7 +55,9 @@ class ClassifyFlow(VectorGeoFlow):
     seed = Parameter("seed", help="Seed of the folds and the classifier", type=int, default=0)
 
     def _name(self) -> str:
-        return self.classifier_name or f"{Path(self.labels).stem}-{self.classifier}"
+        """The given name, or the label file's stem (made safe for a key) and the classifier."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.labels).stem).strip("._-") or "labels"
+        return self.classifier_name or f"{stem}-{self.classifier}"
 
     @step
     def start(self):
@@ -66,6 +71,7 @@ class ClassifyFlow(VectorGeoFlow):
             self.workers = plan_prediction(
                 bucket, model_filename=self.model_filename, h3_resolution=self.h3_resolution, n_workers=self.n_workers
             )
+        self.version = self.sidecar["version"]
         self.n_parts = sum(len(w) for w in self.workers)
         self.next(self.predict, foreach="workers")
 
@@ -76,27 +82,23 @@ class ClassifyFlow(VectorGeoFlow):
         """Predict this worker's parts (skipping finished ones)."""
         with user_errors():
             self.result = run_prediction(
-                self.step_bucket("predict"), self.input, name=self._name(), h3_resolution=self.h3_resolution
-            )
+                self.step_bucket("predict"), self.input, name=self._name(), version=self.version,
+                h3_resolution=self.h3_resolution,
+            )  # fmt: skip
         self.next(self.join)
 
     @card(type="blank")
     @step
     def join(self, inputs):
         """Check every part; write the GeoParquet, the COGs and the summary; record them in the registry."""
-        self.merge_artifacts(inputs, include=["n_parts", "sidecar"])
+        self.merge_artifacts(inputs, include=["n_parts", "sidecar", "version"])
         bucket = self.step_bucket("join")
         with user_errors():
-            registry = _open_registry() if self.register else None
-            try:
-                self.summary = finish_prediction(
-                    bucket, [i.result for i in inputs], name=self._name(), h3_resolution=self.h3_resolution,
-                    n_parts=self.n_parts, probability_class=self.probability_class,
-                    pixels_per_edge=self.pixels_per_edge, registry=registry,
-                )  # fmt: skip
-            finally:
-                if registry is not None:
-                    registry.close()
+            self.summary = finish_prediction(
+                bucket, [i.result for i in inputs], name=self._name(), version=self.version,
+                h3_resolution=self.h3_resolution, n_parts=self.n_parts, probability_class=self.probability_class,
+                pixels_per_edge=self.pixels_per_edge, open_registry=_open_registry if self.register else None,
+            )  # fmt: skip
         current.card.extend(
             classification_card(self.sidecar, self.summary, bucket.read_bytes(self.summary["keys"]["map"]))
         )
@@ -109,6 +111,7 @@ class ClassifyFlow(VectorGeoFlow):
         for name, scores in feats.items():
             print(f"{name:>10}: blocked-CV accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}")
         keys = self.summary["keys"]
+        print(f"classifier: {self.sidecar['artifact_key']} (version {self.version})")
         print(f"map: {self.summary['n_cells']} cells -> {keys['geoparquet']}, {keys['cog']}")
         if "registry" in self.summary:
             print(

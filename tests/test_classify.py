@@ -8,7 +8,13 @@ import pytest
 
 from vectorgeo.classifier_files import load_classifier, save_classifier
 from vectorgeo.classifiers import CLASSIFIERS, classifier_params, make_classifier
-from vectorgeo.classify import blocked_groups, cross_validate, cross_validate_features, score_predictions
+from vectorgeo.classify import (
+    blocked_groups,
+    cross_validate,
+    cross_validate_features,
+    score_predictions,
+    spatial_folds,
+)
 from vectorgeo.derived_labels import labels_from_fractions
 from vectorgeo.errors import InvalidInputError
 
@@ -31,7 +37,32 @@ def test_blocked_groups_pick_the_coarsest_parents_that_give_enough_blocks():
     _, finer = blocked_groups(few)
     assert finer > RES - 2
     with pytest.raises(InvalidInputError, match="parent_res must lie in"):
-        blocked_groups(cells, parent_res=RES + 1)
+        blocked_groups(cells, parent_res=RES)  # a cell is never its own block: neighbours would straddle folds
+    three = np.sort(
+        np.concatenate([h3n.grid_disk(h3n.latlng_to_cell(44.6 + d, -123.9, RES), 1) for d in (0, 0.1, 0.2)])
+    )
+    assert blocked_groups(three.astype(np.uint64))[1] == RES - 1  # few blocks: R-1 at the finest, never R
+
+
+def test_no_training_cell_touches_a_test_cell():
+    cells = _cells()
+    y = np.arange(cells.size) % 2
+    groups, _ = blocked_groups(cells, parent_res=RES - 2)
+    for train, test in spatial_folds(cells, y, groups, n_folds=5):
+        test_set = set(cells[test].tolist())
+        assert not any(set(h3n.grid_disk(int(c), 1).tolist()) & test_set for c in cells[train].tolist())
+        assert len(train) + len(test) < cells.size  # the buffer dropped the cells along the block edges
+
+
+def test_a_fold_that_trains_on_one_class_does_not_crash():
+    cells = _cells()
+    groups, _ = blocked_groups(cells)
+    y = np.zeros(cells.size, int)
+    y[groups == groups[0]] = 1  # class "b" lives in one block only
+    features = np.eye(2)[y] + np.random.default_rng(0).normal(0, 0.05, (cells.size, 2))
+    for kind in CLASSIFIERS:
+        scores = cross_validate(features, y, groups, ("a", "b"), h3=cells, kind=kind)
+        assert scores["per_class"]["b"]["recall"] == 0.0  # its fold never trained on it
 
 
 def test_separable_features_score_perfectly_and_noise_scores_at_chance():
@@ -42,8 +73,8 @@ def test_separable_features_score_perfectly_and_noise_scores_at_chance():
     noise = rng.normal(0, 1, (cells.size, 8))
     groups, _ = blocked_groups(cells)
     for kind in CLASSIFIERS:
-        assert cross_validate(good, y, groups, ("a", "b", "c"), kind=kind)["macro_f1"] > 0.98
-    assert cross_validate(noise, y, groups, ("a", "b", "c"), kind="logistic")["macro_f1"] < 0.45
+        assert cross_validate(good, y, groups, ("a", "b", "c"), h3=cells, kind=kind)["macro_f1"] > 0.98
+    assert cross_validate(noise, y, groups, ("a", "b", "c"), h3=cells, kind="logistic")["macro_f1"] < 0.45
 
 
 def test_blocked_folds_do_not_leak_neighbourhoods():
@@ -59,7 +90,7 @@ def test_blocked_folds_do_not_leak_neighbourhoods():
 
     leaky = cross_val_predict(make_classifier("knn"), features, y, cv=KFold(5, shuffle=True, random_state=0))
     assert score_predictions(y, leaky, ("a", "b"))["macro_f1"] > 0.95
-    blocked = cross_validate(features, y, blocked_groups(cells)[0], ("a", "b"), kind="knn")
+    blocked = cross_validate(features, y, blocked_groups(cells)[0], ("a", "b"), h3=cells, kind="knn")
     assert blocked["macro_f1"] < 0.7
 
 

@@ -312,11 +312,12 @@ def test_flow_06_labels_to_a_map_and_the_registry(workdir):
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout + done.stderr
     assert "embeddings: blocked-CV accuracy" in out and " histogram: blocked-CV accuracy" in out
-    sidecar = json.loads((bucket / "classifiers" / "derived-logistic.json").read_text())
+    (sidecar_path,) = (bucket / "classifiers" / "derived-logistic").glob("*.json")
+    sidecar = json.loads(sidecar_path.read_text())
     assert set(sidecar["cv"]["features"]) == {"embeddings", "histogram"}
     assert sidecar["cv"]["features"]["histogram"]["macro_f1"] > 0.8  # it sees the composition that made the labels
-    assert (bucket / "classifiers" / "derived-logistic.skops").is_file()
-    maps = bucket / "predictions" / "derived-logistic" / "res6"
+    assert (bucket / sidecar["artifact_key"]).is_file() and sidecar_path.stem == sidecar["version"]
+    maps = bucket / "predictions" / "derived-logistic" / sidecar["version"] / "res6"
     frame = geopandas.read_parquet(maps / "predictions.parquet")
     manifest = json.loads((bucket / "embeddings" / "tiny" / "res6" / "manifest.json").read_text())
     assert len(frame) == manifest["n_embedded"] and frame.crs.to_string() == "OGC:CRS84"

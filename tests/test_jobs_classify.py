@@ -17,12 +17,12 @@ from vectorgeo.derived_labels import labels_from_fractions
 from vectorgeo.errors import IncompleteOutputError, InvalidInputError
 from vectorgeo.jobs.classify import (
     class_colours,
-    finish_prediction,
     plan_prediction,
     probability_columns,
     run_prediction,
     train_classifier,
 )
+from vectorgeo.jobs.classify_maps import finish_prediction
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,11 @@ def _train(data, name="derived", **kw):
     return train_classifier(data.bucket, **args)
 
 
-def _predict(data, name, n_workers=2, **kw):
+def _predict(data, name, version, n_workers=2, **kw):
     workers = plan_prediction(data.bucket, model_filename="m.keras", h3_resolution=RES, n_workers=n_workers)
-    results = [run_prediction(data.bucket, w, name=name, h3_resolution=RES) for w in workers]
-    return finish_prediction(data.bucket, results, name=name, h3_resolution=RES,
-                             n_parts=sum(len(w) for w in workers), **kw)  # fmt: skip
+    results = [run_prediction(data.bucket, w, name=name, version=version, h3_resolution=RES) for w in workers]
+    n_parts = sum(len(w) for w in workers)
+    return finish_prediction(data.bucket, results, name=name, version=version, h3_resolution=RES, n_parts=n_parts, **kw)
 
 
 def test_train_reports_both_feature_sets_and_a_rerun_reuses_the_model(data):
@@ -62,15 +62,23 @@ def test_train_reports_both_feature_sets_and_a_rerun_reuses_the_model(data):
     assert again["artifact_sha256"] == sidecar["artifact_sha256"] and again["fingerprint"] == sidecar["fingerprint"]
     knn = _train(data, name="derived-knn", classifier="knn")
     assert knn["fingerprint"] != sidecar["fingerprint"]
+    fewer = {**data.bucket.read_json("labels/derived.geojson")}
+    fewer["features"] = fewer["features"][:-1]
+    data.bucket.write_json("labels/fewer.geojson", fewer)
+    retrained = _train(data, labels="labels/fewer.geojson")  # new labels, same name: a new version beside the old
+    assert retrained["version"] != sidecar["version"]
+    old = classifier_keys("derived", sidecar["version"])
+    assert data.bucket.exists(old["model"]) and data.bucket.read_json(old["sidecar"]) == sidecar
 
 
 def test_predict_writes_parts_a_geoparquet_and_cogs_and_resumes(data, tmp_path):
     import duckdb
     import geopandas
 
-    _train(data)
-    summary = _predict(data, "derived", probability_class=data.classes[0])
-    keys = prediction_keys("derived", RES, data.classes[0])
+    version = _train(data)["version"]
+    summary = _predict(data, "derived", version, probability_class=data.classes[0])
+    keys = prediction_keys("derived", version, RES, data.classes[0])
+    assert summary["keys"] == keys
     assert summary["n_cells"] == data.h3.size and sum(summary["class_counts"].values()) == data.h3.size
     frame = geopandas.read_parquet(data.bucket.download(keys["geoparquet"]))
     assert len(frame) == data.h3.size and frame.crs.to_string() == "OGC:CRS84"
@@ -94,29 +102,32 @@ def test_predict_writes_parts_a_geoparquet_and_cogs_and_resumes(data, tmp_path):
         assert json.loads(ds.tags()["classes"]) == data.classes
     with rasterio.open(data.bucket.download(keys["probability_cog"])) as ds:
         assert ds.dtypes[0] == "float32"
-    parts_before = {k: data.bucket.read_bytes(k) for k in data.bucket.list("predictions/derived/res7/parts/")}
-    again = _predict(data, "derived")
+    parts_before = {
+        k: data.bucket.read_bytes(k) for k in data.bucket.list(f"predictions/derived/{version}/res7/parts/")
+    }
+    again = _predict(data, "derived", version)
     assert again["n_parts_skipped"] == again["n_parts"] == len(parts_before)
     assert {k: data.bucket.read_bytes(k) for k in parts_before} == parts_before
 
 
 def test_finish_refuses_missing_parts_and_unknown_probability_class(data):
-    _train(data)
+    version = _train(data)["version"]
     workers = plan_prediction(data.bucket, model_filename="m.keras", h3_resolution=RES, n_workers=1)
-    result = run_prediction(data.bucket, workers[0], name="derived", h3_resolution=RES)
+    result = run_prediction(data.bucket, workers[0], name="derived", version=version, h3_resolution=RES)
     with pytest.raises(InvalidInputError, match="probability_class 'nope' is not a class"):
-        finish_prediction(data.bucket, [result], name="derived", h3_resolution=RES, n_parts=3, probability_class="nope")
+        finish_prediction(data.bucket, [result], name="derived", version=version, h3_resolution=RES, n_parts=3,
+                          probability_class="nope")  # fmt: skip
     with pytest.raises(IncompleteOutputError, match="1 of 4 prediction parts are missing"):
-        finish_prediction(data.bucket, [result], name="derived", h3_resolution=RES, n_parts=4)
+        finish_prediction(data.bucket, [result], name="derived", version=version, h3_resolution=RES, n_parts=4)
 
 
 def test_a_tampered_model_file_is_refused(data):
-    _train(data, name="tampered")
-    key = classifier_keys("tampered")["model"]
+    version = _train(data, name="tampered")["version"]
+    key = classifier_keys("tampered", version)["model"]
     data.bucket.write_bytes(key, data.bucket.read_bytes(key) + b"x")
     workers = plan_prediction(data.bucket, model_filename="m.keras", h3_resolution=RES, n_workers=1)
     with pytest.raises(InvalidInputError, match="does not match its sidecar's checksum"):
-        run_prediction(data.bucket, workers[0], name="tampered", h3_resolution=RES)
+        run_prediction(data.bucket, workers[0], name="tampered", version=version, h3_resolution=RES)
 
 
 def test_bad_names_and_labels_write_nothing(data):

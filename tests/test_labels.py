@@ -109,6 +109,47 @@ def test_csv_by_cell_and_by_point(tmp_path):
             "LineString",
         ),
         (b"h3,label\nnot-a-cell,a\n", "l.csv", "line 2.*not an H3 cell"),
+        (b"h3,label\n-1,a\n", "l.csv", "line 2.*not an H3 cell"),
+        (
+            b'{"type": "Feature", "geometry": {"type": "Point", "coordinates": [0, 0]}, "properties": ["class"]}',
+            "l.geojson",
+            "properties must be a JSON object",
+        ),
+        (
+            _geojson(
+                {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": []}, "properties": {"class": "a"}}
+            ),
+            "l.geojson",
+            "empty MultiPoint",
+        ),
+        (
+            _geojson(
+                {
+                    "type": "Feature",
+                    "properties": {"class": "a"},
+                    "geometry": {
+                        "type": "Polygon",
+                        "coordinates": [[[170, 0], [-170, 0], [-170, 1], [170, 1], [170, 0]]],
+                    },
+                }
+            ),
+            "l.geojson",
+            "antimeridian",
+        ),
+        (
+            _geojson(
+                {
+                    "type": "Feature",
+                    "properties": {"class": "a"},
+                    "geometry": {
+                        "type": "Polygon",
+                        "coordinates": [[[-120, 30], [-100, 30], [-100, 45], [-120, 45], [-120, 30]]],
+                    },
+                }
+            ),
+            "l.geojson",
+            "at most 1,000,000",
+        ),
         (b"lat,lng,label\nx,1,a\n", "l.csv", "line 2.*must be numbers"),
         (b"lat,label\n1,a\n", "l.csv", "needs 'h3', or 'lat' and 'lng'"),
         (b"h3,kind\n", "l.csv", "needs a class column"),
@@ -134,8 +175,9 @@ def test_a_self_crossing_polygon_is_refused():
         "geometry": {"type": "Polygon", "coordinates": [bowtie]},
         "properties": {"class": "a"},
     }
-    with pytest.raises(InvalidInputError, match=r"feature 0 .* not a valid polygon \(Self-intersection"):
+    with pytest.raises(InvalidInputError, match=r"^feature 0 .* not a valid polygon \(Self-intersection") as caught:
         _parse(_geojson(feature))
+    assert "malformed" not in str(caught.value)  # the reason itself, not wrapped in another
 
 
 def test_labels_outside_the_embeddings_are_named():

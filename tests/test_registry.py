@@ -139,6 +139,16 @@ def test_ensure_tables_creates_them_once_even_from_many_connections(db_url, regi
     assert count(db_url, "ml_models") == 0
 
 
+def test_tables_of_another_shape_are_refused_with_one_message(db_url):
+    """A seed pipeline's own ml_models (other columns) is named, not written into or crashed on."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ml_models (id serial PRIMARY KEY, model_name text, s3_path text)")
+    refused = pytest.raises(InvalidInputError, match=r"table 'ml_models' .* exists without columns \['artifact_key'")
+    with Registry(db_url) as registry, refused:
+        registry.register_model(model())
+    assert count(db_url, "ml_models") == 0
+
+
 # ---------------------------------------------------------------- upserts
 
 

@@ -11,10 +11,10 @@ resolution), with what writes each key:
 - ``embeddings/{name}/res{R}/part-{i:05d}.parquet``, ``embeddings/{name}/res{R}/manifest.json``: flow 03
 - ``indexes/{name}/res{R}/`` (FAISS files), ``indexes/{name}/res{R}/search/`` (search sidecars): flow 04
 - ``reports/{name}/res{R}/evaluation.json``, ``evaluation.png``: flow 05
-- ``classifiers/{clf}.skops`` (the model, skops, never pickle), ``classifiers/{clf}.json`` (its sidecar with the
-  cross-validation report): flow 06 (``{clf}`` a classifier's name)
-- ``predictions/{clf}/res{R}/parts/part-{i:05d}.parquet``, ``predictions.parquet`` (GeoParquet), ``classes.tif``
-  (COG), ``probability-{class}.tif`` (COG), ``summary.json``, ``map.png``: flow 06
+- ``classifiers/{clf}/{version}.skops`` (the model, skops, never pickle), ``{version}.json`` (its sidecar with the
+  cross-validation report): flow 06 (``{clf}`` a classifier's name, ``{version}`` the start of its inputs' checksum)
+- ``predictions/{clf}/{version}/res{R}/parts/part-{i:05d}.parquet``, ``predictions.parquet`` (GeoParquet),
+  ``classes.tif`` (COG), ``probability-{class}.tif`` (COG), ``summary.json``, ``map.png``: flow 06
 
 File names inside the two ``indexes`` prefixes belong to the code that writes them
 (:data:`vectorgeo.stores.faiss.INDEX_FILES`, :data:`vectorgeo.search_index.SIDECAR_FILES`).
@@ -181,31 +181,36 @@ def report_keys(name: str, h3_resolution: int) -> dict[str, str]:
     return {"report": f"{base}.json", "figure": f"{base}.png"}
 
 
-def classifier_keys(name: str) -> dict[str, str]:
-    """Keys of a trained classifier (``model``, a skops file) and its JSON ``sidecar``, under ``classifiers/``.
+def classifier_keys(name: str, version: str) -> dict[str, str]:
+    """Keys of one version of a trained classifier: the ``model`` (a skops file) and its JSON ``sidecar``,
+    ``classifiers/{clf}/{version}.skops`` and ``.json``. A version names its inputs (labels, embeddings,
+    settings), so a file the registry points to is never overwritten by a later training.
 
     Raises:
-        InvalidInputError: the name is not a plain name.
+        InvalidInputError: the name or version is not a plain name.
     """
-    if not is_plain_name(name):
-        raise InvalidInputError(f"classifier name {name!r} must be plain: letters, digits, '_', '-', '.'")
-    return {"model": f"classifiers/{name}.skops", "sidecar": f"classifiers/{name}.json"}
+    for what, value in (("classifier name", name), ("classifier version", version)):
+        if not is_plain_name(value):
+            raise InvalidInputError(
+                f"{what} {value!r} must be plain: letters, digits, '_', '-', '.' (pass --classifier_name)"
+            )
+    return {"model": f"classifiers/{name}/{version}.skops", "sidecar": f"classifiers/{name}/{version}.json"}
 
 
-def _prediction_prefix(name: str, h3_resolution: int) -> str:
-    classifier_keys(name)  # checks the name
-    return f"predictions/{name}/res{h3_resolution}/"
+def _prediction_prefix(name: str, version: str, h3_resolution: int) -> str:
+    classifier_keys(name, version)  # checks the name and version
+    return f"predictions/{name}/{version}/res{h3_resolution}/"
 
 
-def prediction_part_key(name: str, h3_resolution: int, part: int) -> str:
-    """Key of one part of a classifier's predictions: ``predictions/{clf}/res{R}/parts/part-{i:05d}.parquet``."""
-    return f"{_prediction_prefix(name, h3_resolution)}parts/part-{part:05d}.parquet"
+def prediction_part_key(name: str, version: str, h3_resolution: int, part: int) -> str:
+    """Key of one part of a classifier version's predictions: ``predictions/{clf}/{version}/res{R}/parts/part-{i}``."""
+    return f"{_prediction_prefix(name, version, h3_resolution)}parts/part-{part:05d}.parquet"
 
 
-def prediction_keys(name: str, h3_resolution: int, probability_class: str = "") -> dict[str, str]:
-    """Keys of a classifier's map: ``geoparquet``, ``cog`` (classes), ``summary``, ``map`` (a PNG preview), and
-    ``probability_cog`` when ``probability_class`` names a class (its name made safe for a key)."""
-    base = _prediction_prefix(name, h3_resolution)
+def prediction_keys(name: str, version: str, h3_resolution: int, probability_class: str = "") -> dict[str, str]:
+    """Keys of a classifier version's map: ``geoparquet``, ``cog`` (classes), ``summary``, ``map`` (a PNG
+    preview), and ``probability_cog`` when ``probability_class`` names a class (its name made safe for a key)."""
+    base = _prediction_prefix(name, version, h3_resolution)
     keys = {
         "geoparquet": f"{base}predictions.parquet",
         "cog": f"{base}classes.tif",

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from vectorgeo.errors import InvalidInputError, RasterAccessError
 from vectorgeo.geodesy import EARTH_RADIUS_M
+from vectorgeo.h3_arrays import cells_to_latlng, check_cells
 
 if TYPE_CHECKING:
     from affine import Affine
@@ -117,11 +118,11 @@ def grid_for_cells(
     from h3ronpy import cells_area_m2
     from h3ronpy.vector import cells_bounds_arrays
 
-    h3, _ = _check_cells(h3)
+    h3, _ = check_cells(h3, one_resolution=True)
     arrow_cells = pa.array(h3, type=pa.uint64())
     bounds = pa.record_batch(cells_bounds_arrays(arrow_cells))
     west, south, east, north = (np.array(bounds.column(k), dtype=np.float64) for k in ("minx", "miny", "maxx", "maxy"))
-    lat, lng = _cells_to_latlng(arrow_cells)
+    lat, lng = cells_to_latlng(h3)
     wrapped = east - west > 180.0  # crosses the antimeridian: keep the centre's side
     if wrapped.any():
         half = (north - south)[wrapped] / np.maximum(np.cos(np.radians(lat[wrapped])), _MIN_COS_LAT)
@@ -178,7 +179,7 @@ def rasterise_cells(
     Raises:
         InvalidInputError: Bad or duplicate cells, or ``values`` not one per cell (checked at the call).
     """
-    h3, res = _check_cells(h3)
+    h3, res = check_cells(h3, one_resolution=True)
     values = np.asarray(values).ravel()
     if values.shape != h3.shape:
         raise InvalidInputError(f"{values.size} values for {h3.size} cells; give one value per cell")
@@ -346,26 +347,6 @@ def validate_cog(path: str | os.PathLike) -> None:
 _OVERVIEW_RESAMPLING = frozenset({"nearest", "mode", "average", "rms", "bilinear", "cubic", "cubicspline", "lanczos"})
 
 
-def _check_cells(h3: np.ndarray) -> tuple[np.ndarray, int]:
-    """Validated uint64 ids (1-D) and their one resolution."""
-    from h3ronpy import cells_resolution, cells_valid
-
-    h3 = np.asarray(h3)
-    if h3.dtype != np.uint64:
-        raise InvalidInputError(f"h3 ids must be uint64, got {h3.dtype}; convert with h3.api.numpy_int or h3ronpy")
-    h3 = np.ascontiguousarray(h3.ravel())
-    if not h3.size:
-        raise InvalidInputError("no cells given; a grid needs at least one cell")
-    arrow_cells = pa.array(h3, type=pa.uint64())
-    valid = pa.array(cells_valid(arrow_cells)).is_valid().to_numpy(zero_copy_only=False)  # invalid ids come back null
-    if not valid.all():
-        raise InvalidInputError(f"{int((~valid).sum())} invalid H3 cell ids, first {int(h3[~valid][0]):#x}")
-    resolutions = np.unique(np.asarray(pa.array(cells_resolution(arrow_cells))))
-    if resolutions.size != 1:
-        raise InvalidInputError(f"cells mix resolutions {resolutions.tolist()}; rasterise one resolution at a time")
-    return h3, int(resolutions[0])
-
-
 def _check_values(values: np.ndarray, dtype: np.dtype, nodata: float) -> np.ndarray:
     values = np.asarray(values)
     if dtype.kind in "iu":
@@ -384,10 +365,3 @@ def _check_values(values: np.ndarray, dtype: np.dtype, nodata: float) -> np.ndar
     elif dtype.kind != "f":
         raise InvalidInputError(f"dtype must be an integer or float type, got {dtype}")
     return values.astype(dtype, copy=False)
-
-
-def _cells_to_latlng(arrow_cells: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    from h3ronpy.vector import cells_to_coordinates
-
-    coords = cells_to_coordinates(arrow_cells)
-    return np.asarray(coords.column("lat")), np.asarray(coords.column("lng"))

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_FOLDS",
     "blocked_groups",
     "cross_validate",
+    "spatial_folds",
     "cross_validate_features",
     "predict_in_chunks",
     "score_predictions",
@@ -36,27 +37,62 @@ MAX_FOLDS = 5
 
 
 def blocked_groups(h3: np.ndarray, *, parent_res: int | None = None, min_groups: int = 2 * MAX_FOLDS) -> tuple:
-    """The H3 parent of each labelled cell, the blocks of the cross-validation.
+    """The H3 parent of each labelled cell: the blocks of the cross-validation.
 
     Args:
-        h3: uint64 labelled cells, all at one resolution ``R``.
-        parent_res: Resolution of the blocks; None picks the coarsest of ``R-3 .. R-1`` that still
-            gives ``min_groups`` blocks (coarse blocks keep neighbours apart; too few leave no folds).
+        h3: uint64 labelled cells, all at one resolution ``R`` (at least 1).
+        parent_res: Resolution of the blocks, ``0 .. R-1``; None picks the coarsest of ``R-3 .. R-1``
+            that still gives ``min_groups`` blocks (coarse blocks keep neighbourhoods apart; too few leave
+            no folds), else ``R-1`` with however many blocks it gives.
 
     Returns:
         ``(groups uint64, parent_res)``.
     """
     h3 = np.asarray(h3, np.uint64)
     res = int(h3n.get_resolution(h3[0]))
+    if res == 0:
+        raise InvalidInputError("labels at H3 resolution 0 have no parent cells to block by; use a finer resolution")
     if parent_res is not None:
-        if not 0 <= parent_res <= res:
-            raise InvalidInputError(f"parent_res must lie in 0..{res} (the labels' resolution), got {parent_res}")
+        if not 0 <= parent_res < res:
+            raise InvalidInputError(
+                f"parent_res must lie in 0..{res - 1} (coarser than the labels' {res}), got {parent_res}"
+            )
         return _parents(h3, parent_res), parent_res
-    for candidate in range(max(0, res - 3), res + 1):
+    for candidate in range(max(0, res - 3), res):
         groups = _parents(h3, candidate)
-        if np.unique(groups).size >= min_groups or candidate == res:
+        if np.unique(groups).size >= min_groups or candidate == res - 1:
             return groups, candidate
-    raise AssertionError("unreachable")  # the loop returns at candidate == res
+    raise AssertionError("unreachable")  # the loop returns at candidate == res - 1
+
+
+def spatial_folds(
+    h3: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_folds: int, seed: int = 0, buffer_rings: int = 1
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Blocked folds with a buffer: ``(train, test)`` row indices.
+
+    Whole blocks go to one fold (``StratifiedGroupKFold``, class mix kept alike); then each fold's
+    training rows lose every cell within ``buffer_rings`` grid rings of a test cell, so cells that
+    touch across a block edge never sit on both sides of a split.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    h3 = np.asarray(h3, np.uint64)
+    row = {int(c): i for i, c in enumerate(h3.tolist())}
+    near = [
+        [row[n] for n in h3n.grid_disk(c, buffer_rings).tolist() if int(n) in row and int(n) != c]
+        for c in h3.tolist()
+    ] if buffer_rings > 0 else [[] for _ in range(h3.size)]  # fmt: skip
+    with warnings.catch_warnings():  # an unsplittable class is reported once, by cross_validate_features
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(h3, y, groups)
+        splits = list(splits)
+    folds = []
+    for train, test in splits:
+        in_test = np.zeros(h3.size, bool)
+        in_test[test] = True
+        touching = np.array([in_test[near[i]].any() if near[i] else False for i in train.tolist()], bool)
+        folds.append((train[~touching], test))
+    return folds
 
 
 def _parents(h3: np.ndarray, res: int) -> np.ndarray:
@@ -73,24 +109,26 @@ def cross_validate(
     groups: np.ndarray,
     classes: tuple[str, ...],
     *,
+    h3: np.ndarray,
     kind: str,
     params: dict | None = None,
     seed: int = 0,
+    buffer_rings: int = 1,
 ) -> dict:
-    """Blocked k-fold cross-validation of one classifier on one feature set.
+    """Blocked, buffered k-fold cross-validation of one classifier on one feature set.
 
-    ``StratifiedGroupKFold`` keeps each block in one fold and the class mix of the folds
-    alike; k is at most :data:`MAX_FOLDS` and at most the number of blocks. A fold whose
-    training part lacks a class simply never predicts it (its recall shows that).
+    Folds come from :func:`spatial_folds` (whole blocks, and a buffer of ``buffer_rings`` grid
+    rings dropped from training around the test cells); k is at most :data:`MAX_FOLDS` and at
+    most the number of blocks. A fold whose training part lacks a class never predicts it (its
+    recall shows that); one whose training part holds a single class predicts that class.
 
     Returns:
-        :func:`score_predictions` of the pooled out-of-fold predictions, plus ``n_folds``.
+        :func:`score_predictions` of the pooled out-of-fold predictions, plus ``n_folds`` and
+        ``buffer_dropped_per_fold`` (training cells dropped by the buffer, mean over folds).
 
     Raises:
-        InvalidInputError: fewer than 2 blocks (nothing to hold out).
+        InvalidInputError: fewer than 2 blocks, or a fold left with no training cell.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
     n_groups = np.unique(groups).size
     if n_groups < 2:
         raise InvalidInputError(
@@ -98,19 +136,27 @@ def cross_validate(
             "least 2 places apart; label more widely spread places"
         )
     n_folds = min(MAX_FOLDS, n_groups)
-    # an unsplittable class only warns: sklearn's warning would repeat for every feature set
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        splits = list(
-            StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(features, y, groups)
-        )
+    splits = spatial_folds(h3, y, groups, n_folds=n_folds, seed=seed, buffer_rings=buffer_rings)
     predicted = np.empty_like(y)
     for train, test in splits:
+        if train.size == 0:
+            raise InvalidInputError(
+                "a fold has no training cell left once the cells touching its test cells are dropped: the labels "
+                "form one contiguous patch; label places further apart"
+            )
         counts = np.bincount(y[train], minlength=len(classes))
+        if np.count_nonzero(counts) < 2:  # the other classes all sit in the held-out blocks
+            predicted[test] = int(np.argmax(counts))
+            continue
         model = make_classifier(kind, params, seed=seed, min_class_size=int(counts[counts > 0].min()))
         model.fit(features[train], y[train])
         predicted[test] = model.predict(features[test])
-    return {**score_predictions(y, predicted, classes), "n_folds": n_folds}
+    dropped = float(np.mean([len(y) - len(test) - len(train) for train, test in splits]))
+    return {
+        **score_predictions(y, predicted, classes),
+        "n_folds": n_folds,
+        "buffer_dropped_per_fold": round(dropped, 1),
+    }
 
 
 def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict:
@@ -165,7 +211,9 @@ def cross_validate_features(
         "warnings": [],
     }
     for name, features in feature_sets.items():
-        report["features"][name] = cross_validate(features, y, groups, classes, kind=kind, params=params, seed=seed)
+        report["features"][name] = cross_validate(
+            features, y, groups, classes, h3=h3, kind=kind, params=params, seed=seed
+        )
     for index, name in enumerate(classes):
         blocks = np.unique(groups[y == index]).size
         if blocks < 2:

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from vectorgeo.errors import InvalidInputError
+from vectorgeo.h3_arrays import cells_to_latlng, check_cells
 
 __all__ = [
     "GEOPARQUET_VERSION",
@@ -182,21 +183,6 @@ def read_geoparquet_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(metadata[b"geo"])
 
 
-def _check_cells(h3: np.ndarray) -> np.ndarray:
-    from h3ronpy import cells_valid
-
-    h3 = np.asarray(h3)
-    if h3.dtype != np.uint64:
-        raise InvalidInputError(f"h3 ids must be uint64, got {h3.dtype}; convert with h3.api.numpy_int or h3ronpy")
-    h3 = np.ascontiguousarray(h3.ravel())
-    if h3.size:
-        valid = pa.array(cells_valid(pa.array(h3, type=pa.uint64()))).is_valid().to_numpy(zero_copy_only=False)
-        if not valid.all():
-            bad = h3[~valid]
-            raise InvalidInputError(f"{bad.size} invalid H3 cell ids, first {int(bad[0]):#x}; drop or fix them")
-    return h3
-
-
 def _check_table(table: pa.Table) -> pa.Table:
     if not isinstance(table, pa.Table):
         raise InvalidInputError(f"table must be a pyarrow.Table, got {type(table).__name__}")
@@ -221,13 +207,13 @@ def _cells_geometry(
     """WKB array, per-row (xmin, ymin, xmax, ymax) and the geometry types present."""
     if geometry not in GEOMETRY_KINDS:
         raise InvalidInputError(f"unknown geometry kind {geometry!r}; use one of {GEOMETRY_KINDS}")
-    h3 = _check_cells(h3)
+    h3, _ = check_cells(h3)
     if geometry == "hexagon":
         return _hexagons(h3)
     if (lat is None) != (lng is None):
         raise InvalidInputError("give both lat and lng (degrees) or neither")
     if lat is None:
-        lat, lng = _cells_to_latlng(h3)
+        lat, lng = cells_to_latlng(h3)
     lat = np.asarray(lat, dtype=np.float64).ravel()
     lng = np.asarray(lng, dtype=np.float64).ravel()
     if lat.shape != h3.shape or lng.shape != h3.shape:
@@ -235,15 +221,6 @@ def _cells_geometry(
     if not (np.isfinite(lat).all() and np.isfinite(lng).all()):
         raise InvalidInputError("lat/lng hold NaN or infinite values; drop the columns to compute centres from h3")
     return _points_wkb(lat, lng), (lng, lat, lng, lat), ["Point"]
-
-
-def _cells_to_latlng(h3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from h3ronpy.vector import cells_to_coordinates
-
-    if not h3.size:
-        return np.empty(0), np.empty(0)
-    coords = cells_to_coordinates(pa.array(h3, type=pa.uint64()))
-    return np.asarray(coords.column("lat")), np.asarray(coords.column("lng"))
 
 
 def _points_wkb(lat: np.ndarray, lng: np.ndarray) -> pa.Array:

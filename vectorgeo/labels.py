@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ MIN_PER_CLASS = 2
 """Fewest labelled cells a class needs (one to train on, one to test on)."""
 MAX_CLASSES = 255
 """Most classes (the class map is a uint8 raster with 255 as nodata)."""
+MAX_POLYGON_CELLS = 1_000_000
+"""Most cells one label polygon may cover (estimated from its area before filling)."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,10 @@ def _geojson_cells(text: str, name: str, res: int, class_property: str) -> list[
         if not isinstance(feature, dict) or not isinstance(feature.get("geometry"), dict):
             raise InvalidInputError(f"{where} is not a GeoJSON Feature with a geometry")
         properties = feature.get("properties") or {}
+        if not isinstance(properties, dict):
+            raise InvalidInputError(f"{where}: its properties must be a JSON object, got {type(properties).__name__}")
         if class_property not in properties:
-            present = sorted(properties)[:10] if isinstance(properties, dict) else []
+            present = sorted(properties)[:10]
             raise InvalidInputError(
                 f"{where} has no property {class_property!r} (it has {present or 'none'}); "
                 "pass the name of the class property with --class_property"
@@ -167,11 +172,15 @@ def _geometry_cells(geometry: dict, res: int, where: str) -> list[int]:
         if kind == "Point":
             return [_point_cell(coords, res, where)]
         if kind == "MultiPoint":
+            if not coords:
+                raise InvalidInputError(f"{where} is an empty MultiPoint; give it points or drop the feature")
             return [_point_cell(c, res, where) for c in coords]
         if kind == "Polygon":
             return _polygon_cells([coords], res, where)
         if kind == "MultiPolygon":
             return _polygon_cells(coords, res, where)
+    except InvalidInputError:
+        raise
     except (TypeError, ValueError, IndexError) as exc:
         raise InvalidInputError(f"{where} has malformed {kind} coordinates ({exc})") from exc
     raise InvalidInputError(f"{where} is a {kind}; labels must be Point, MultiPoint, Polygon or MultiPolygon")
@@ -201,6 +210,21 @@ def _polygon_cells(polygons: list, res: int, where: str) -> list[int]:
     west, south, east, north = shapely.bounds(geom).tolist()
     if not (west >= -180 and east <= 180 and south >= -90 and north <= 90):
         raise InvalidInputError(f"{where}: coordinates are not [lng, lat] degrees (GeoJSON order)")
+    for ring in (r for polygon in polygons for r in polygon):
+        lngs = np.asarray(ring, dtype=np.float64)[:, 0]
+        if (np.abs(np.diff(lngs)) > 180).any():
+            raise InvalidInputError(
+                f"{where} has an edge spanning more than 180 degrees of longitude: if it crosses the antimeridian, "
+                "split it there into two polygons"
+            )
+    mean_lat = math.radians((south + north) / 2)
+    area_km2 = shapely.area(geom) * 111.32**2 * max(math.cos(mean_lat), 0.01)
+    estimate = area_km2 / h3i.average_hexagon_area(res, "km^2")
+    if estimate > MAX_POLYGON_CELLS:
+        raise InvalidInputError(
+            f"{where} covers about {estimate:,.0f} cells at resolution {res}; a label polygon may cover at most "
+            f"{MAX_POLYGON_CELLS:,}: label smaller areas (a classifier learns from a few hundred cells a class)"
+        )
     cells = [int(c) for c in h3i.geo_to_cells(geometry, res)]
     if not cells:  # smaller than a cell: label the cell under the polygon's first vertex
         lng, lat = polygons[0][0][0]
@@ -238,7 +262,7 @@ def _csv_cell(row: dict, by_cell: bool, res: int, where: str) -> int:
         try:
             cell = int(h3i.str_to_int(text))
             valid = h3i.is_valid_cell(cell)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             valid = False
         if not valid:
             raise InvalidInputError(f"{where}: {text!r} is not an H3 cell id (hex, like 8928308280fffff)")

@@ -81,6 +81,12 @@ _URL_USERINFO_RE = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 _URL_PASSWORD_RE = re.compile(r"://[^:/@\s]*:([^@\s]*)@")
 _DSN_PASSWORD_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
+_REQUIRED_COLUMNS = {
+    "ml_models": ("id", "name", "created", "classifier", "params", "feature_source", "label_source", "cv_metrics",
+                  "artifact_key", "artifact_sha256"),
+    "raster_predictions": ("id", "model_id", "created", "embeddings_source", "h3_resolution", "cog_key",
+                           "geoparquet_key", "probability_cog_key", "class_counts", "bounds", "n_cells"),
+}  # fmt: skip
 _MODEL_COLUMNS = (
     "id, name, created, updated, classifier, params, feature_source, label_source, cv_metrics, artifact_key, "
     "artifact_sha256"
@@ -152,7 +158,23 @@ class Registry:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
             for statement in TABLES_DDL:
                 conn.execute(statement)
+            self._check_shape(conn)
         self._tables_ready = True
+
+    def _check_shape(self, conn: psycopg.Connection) -> None:
+        """Refuse tables of these names that another tool made with other columns (a seed pipeline's, say)."""
+        for table, wanted in _REQUIRED_COLUMNS.items():
+            rows = conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = %s",
+                [table],
+            ).fetchall()
+            lacking = sorted(set(wanted) - {r[0] for r in rows})
+            if lacking:
+                raise InvalidInputError(
+                    f"table {table!r} in the registry at {self.location} exists without columns {lacking}: it was "
+                    "made by another tool; rename it, or point DATABASE_URL at another database"
+                )
 
     def _has_tables(self, conn: psycopg.Connection) -> bool:
         if not self._tables_ready:
@@ -298,6 +320,12 @@ class Registry:
             raise StoreUnavailableError(
                 f"lost the connection to the model registry's PostgreSQL at {self.location}: "
                 f"{_redact(str(err), self._url)}; check that the server is running"
+            ) from None
+        except psycopg.errors.ForeignKeyViolation:
+            raise  # the caller names the missing model
+        except psycopg.Error as err:  # e.g. tables of another shape under the same names
+            raise InvalidInputError(
+                f"the model registry at {self.location} refused a statement: {_redact(str(err), self._url)}"
             ) from None
 
     def close(self) -> None:

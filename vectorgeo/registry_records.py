@@ -65,11 +65,13 @@ class PredictionRecord:
 
     Args:
         model_id: The model's id (from :meth:`Registry.register_model`).
-        embeddings_source: The embeddings predicted on: ``{"model": name, "prefix": bucket prefix}``.
+        embeddings_source: The embeddings predicted on: ``{"model": name, "model_sha256": its checksum,
+            "version": the classifier version}`` (flow 06 writes these; any JSON object is accepted).
         h3_resolution: H3 resolution of the cells, 0..15.
         cog_key: Bucket key of the class COG.
         geoparquet_key: Bucket key of the per-cell GeoParquet; with ``model_id``, the row's identity.
-        bounds: ``(west, south, east, north)``, degrees (EPSG:4326); west > east crosses the antimeridian.
+        bounds: ``(west, south, east, north)``, degrees (EPSG:4326); west > east is accepted for a box that
+            crosses the antimeridian (flow 06 writes the min/max of cell centres, so never that).
         n_cells: Cells predicted.
         class_counts: Cells per class name.
         probability_cog_key: Bucket key of the class-probability COG, if one was written.

@@ -23,6 +23,7 @@ from shapely.geometry import box, shape
 from tqdm import tqdm
 
 from vectorgeo.errors import InvalidInputError
+from vectorgeo.h3_arrays import cells_to_latlng
 from vectorgeo.land import is_land
 from vectorgeo.legends import Legend
 
@@ -191,24 +192,6 @@ def aoi_to_cells(aoi: shapely.Geometry | None, h3_resolution: int) -> Iterator[n
         return
     for piece in _tiles(aoi):
         yield np.asarray(h3.geo_to_cells(piece, h3_resolution), dtype=np.uint64)
-
-
-def cells_to_latlng(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centres of many H3 cells at once.
-
-    Args:
-        cells: uint64 H3 cell ids.
-
-    Returns:
-        ``(lat, lng)`` float64 arrays in degrees.
-    """
-    from h3ronpy.vector import cells_to_coordinates
-
-    cells = np.ascontiguousarray(cells, dtype=np.uint64)
-    if cells.size == 0:
-        return np.empty(0), np.empty(0)
-    coords = cells_to_coordinates(pa.array(cells, type=pa.uint64()))
-    return np.asarray(coords.column("lat")), np.asarray(coords.column("lng"))
 
 
 def build_stencil(

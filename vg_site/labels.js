@@ -9,6 +9,7 @@
   const $ = (id) => document.getElementById(id);
   const STORE_KEY = "vg.labels";
   const FIXED = { positive: "#1a9850", negative: "#d73027" };
+  const fixedColor = (name) => (Object.hasOwn(FIXED, name) ? FIXED[name] : undefined); // never the prototype's
   // new classes take the first free colour; picked to stand apart from each other and the default pair
   const PALETTE = ["#7b3294", "#f4a300", "#00a6a6", "#c51b7d", "#1f5fa8", "#8c510a", "#66a61e", "#4d4d4d", "#e7298a"];
   const DEFAULT_OPACITY = 0.7;
@@ -42,7 +43,7 @@
   }
 
   function colorOf(name) {
-    return classOf(name)?.color || FIXED[name] || PALETTE[Math.abs(hash(name)) % PALETTE.length];
+    return classOf(name)?.color || fixedColor(name) || PALETTE[Math.abs(hash(name)) % PALETTE.length];
   }
 
   function hash(text) {
@@ -56,7 +57,7 @@
     if (!name) return "Type a class name first.";
     if (name.length > 40) return `A class name has at most 40 characters, got ${name.length}.`;
     const same = state.classes.find((c) => c.name.toLowerCase() === name.toLowerCase());
-    if (!same) state.classes.push({ name, color: FIXED[name] || freeColor() });
+    if (!same) state.classes.push({ name, color: fixedColor(name) || freeColor() });
     state.current = same ? same.name : name;
     return "";
   }
@@ -264,7 +265,7 @@
     const labels = [...state.labels.values()];
     const cellsOf = (name) => labels.filter((l) => l.class === name).map((l) => l.h3);
     // only "positive"/"negative" labels: the API's positive mode (P(positive); no negatives: background cells)
-    const positiveMode = labels.length && labels.every((l) => l.class in FIXED) && cellsOf("positive").length;
+    const positiveMode = labels.length && labels.every((l) => fixedColor(l.class)) && cellsOf("positive").length;
     const body = {
       ...(positiveMode
         ? { positive: cellsOf("positive"), negative: cellsOf("negative") }

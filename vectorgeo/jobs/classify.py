@@ -1,12 +1,13 @@
-"""Flow 06's units of work: train and cross-validate a classifier, predict every cell in parts, write the map.
+"""Flow 06's units of work: train and cross-validate a classifier, then predict every cell in parts.
 
 Train (:func:`train_classifier`) reads the labels and only the labelled rows of the embeddings,
 cross-validates by H3 blocks on the embeddings and on the class histogram side by side, fits the
-final classifier on every label and saves it as a skops file with a JSON sidecar.
+final classifier on every label and saves it as a skops file with a JSON sidecar, under a version
+named by the checksum of its inputs (labels, embeddings, settings): the same inputs reuse it, new
+ones never overwrite a file the registry points to.
 Predict (:func:`run_prediction`) writes one Parquet part per embeddings part, skipping parts
 already made from the same embeddings part by the same classifier, so a rerun resumes.
-Finish (:func:`finish_prediction`) checks every part, writes the GeoParquet, the class COG (and
-a probability COG), a summary and a preview, and records both in the registry.
+The map outputs and the registry are :mod:`vectorgeo.jobs.classify_maps`.
 """
 
 from __future__ import annotations
@@ -25,22 +26,30 @@ import pyarrow.parquet as pq
 from vectorgeo.artifacts import (
     classifier_keys,
     model_name,
-    prediction_keys,
     prediction_part_key,
     read_embeddings_manifest,
     read_model_sidecar,
 )
 from vectorgeo.classifiers import classifier_params, make_classifier
 from vectorgeo.classify import cross_validate_features, predict_in_chunks
-from vectorgeo.errors import IncompleteOutputError, InvalidInputError, NotFoundError
+from vectorgeo.errors import InvalidInputError, NotFoundError
 from vectorgeo.inference import assign_parts, read_part_metadata
 from vectorgeo.labels import check_footprint, read_labels
 
-__all__ = ["class_colours", "finish_prediction", "plan_prediction", "run_prediction", "train_classifier"]
+__all__ = [
+    "VERSION_CHARS",
+    "class_colours",
+    "plan_prediction",
+    "probability_columns",
+    "read_classifier",
+    "run_prediction",
+    "train_classifier",
+]
 
 logger = logging.getLogger(__name__)
 
-NODATA_CLASS = 255
+VERSION_CHARS = 12
+"""Hex digits of the inputs' checksum that name a classifier version."""
 _PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
     "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
@@ -117,7 +126,8 @@ def train_classifier(
         NotFoundError: the embeddings' model is missing.
     """
     started = time.perf_counter()
-    keys = classifier_keys(name)
+    classifier_params(classifier, seed=seed)  # an unknown classifier fails before any reading
+    classifier_keys(name, "check")  # so does a name that cannot be a key
     model = model_name(model_filename)
     model_sidecar = read_model_sidecar(bucket, model_filename)
     manifest = read_embeddings_manifest(bucket, model, h3_resolution)
@@ -125,12 +135,15 @@ def train_classifier(
         _local_file(bucket, labels, "label file"), h3_resolution=h3_resolution, class_property=class_property,
         source=labels,
     )  # fmt: skip
-    first_part = read_part_metadata(bucket.download(manifest["parts"][0]))
+    # every part's footer: model checksum, row range, counts and inputs (stencil, rasters, legend, seed)
+    parts_meta = [read_part_metadata(bucket.download(key)) for key in manifest["parts"]]
     fingerprint = _fingerprint(
         labels=label_set.sha256, class_property=class_property, classifier=classifier,
-        params=classifier_params(classifier, seed=seed), model_sha256=first_part.get("model_sha256"),
-        parts=manifest["parts"], n_embedded=manifest.get("n_embedded"), h3_resolution=h3_resolution,
+        params=classifier_params(classifier, seed=seed), parts=manifest["parts"], parts_meta=parts_meta,
+        h3_resolution=h3_resolution,
     )  # fmt: skip
+    version = fingerprint[:VERSION_CHARS]
+    keys = classifier_keys(name, version)
     previous = _reusable(bucket, keys, fingerprint)
     if previous is not None:
         logger.info("classifier %s: same labels, embeddings and settings as the last run; reusing it", name)
@@ -156,6 +169,7 @@ def train_classifier(
         bucket.upload(path, keys["model"])
     sidecar = {
         "name": name,
+        "version": version,
         "classifier": classifier,
         "params": report["params"],
         "classes": list(label_set.classes),
@@ -164,7 +178,7 @@ def train_classifier(
         "features": {
             "kind": "embeddings",
             "model": model,
-            "model_sha256": first_part.get("model_sha256"),
+            "model_sha256": parts_meta[0].get("model_sha256"),
             "h3_resolution": h3_resolution,
             "embed_dim": int(features["embeddings"].shape[1]),
             "manifest_parts": len(manifest["parts"]),
@@ -215,12 +229,21 @@ def _reusable(bucket, keys: dict, fingerprint: str) -> dict | None:
     return sidecar if model_sha == sidecar.get("artifact_sha256") else None
 
 
-def _read_classifier(bucket, name: str) -> tuple[object, dict, str]:
+def read_classifier(bucket, name: str, version: str) -> tuple[object, dict, str]:
+    """``(model, sidecar, checksum)`` of a classifier version, its file checked against the sidecar's checksum.
+
+    Raises:
+        NotFoundError: no such classifier version.
+        InvalidInputError: the model file changed after training, or holds untrusted types.
+    """
     from vectorgeo.classifier_files import load_classifier
 
-    keys = classifier_keys(name)
+    keys = classifier_keys(name, version)
     if not bucket.exists(keys["sidecar"]):
-        raise NotFoundError(f"no classifier {name!r} in bucket {bucket.url!r}; train it with flows/06_classify_flow.py")
+        raise NotFoundError(
+            f"no classifier {name!r} version {version!r} in bucket {bucket.url!r}; train it with "
+            "flows/06_classify_flow.py"
+        )
     sidecar = bucket.read_json(keys["sidecar"])
     path = bucket.download(keys["model"])
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -255,19 +278,19 @@ def probability_columns(classes: list[str]) -> list[str]:
     return [_safe_column(c, taken) for c in classes]
 
 
-def run_prediction(bucket, parts: list[dict], *, name: str, h3_resolution: int) -> dict:
+def run_prediction(bucket, parts: list[dict], *, name: str, version: str, h3_resolution: int) -> dict:
     """Predict this worker's parts; a part already made by this classifier from the same source is kept.
 
     Returns:
         ``{"parts": {key: {"n_cells", "skipped"}}}``.
     """
-    model, sidecar, sha = _read_classifier(bucket, name)
+    model, sidecar, sha = read_classifier(bucket, name, version)
     classes = sidecar["classes"]
     columns = probability_columns(classes)
     done: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="vg-predict-") as tmp:
         for spec in parts:
-            key = prediction_part_key(name, h3_resolution, spec["part"])
+            key = prediction_part_key(name, version, h3_resolution, spec["part"])
             source_path = bucket.download(spec["source"])
             source_sha = hashlib.sha256(source_path.read_bytes()).hexdigest()
             if bucket.exists(key):
@@ -300,165 +323,3 @@ def run_prediction(bucket, parts: list[dict], *, name: str, h3_resolution: int) 
             done[key] = {"n_cells": n, "skipped": False}
             logger.info("wrote %s: %d cells", key, n)
     return {"parts": done}
-
-
-def finish_prediction(
-    bucket,
-    results: list[dict],
-    *,
-    name: str,
-    h3_resolution: int,
-    n_parts: int,
-    probability_class: str = "",
-    pixels_per_edge: float = 4.0,
-    registry=None,
-) -> dict:
-    """Check every part; write the GeoParquet, the class COG, an optional probability COG, summary and preview.
-
-    Args:
-        probability_class: Also write this class's probability as a float32 COG ("" = none).
-        pixels_per_edge: COG pixels along a hexagon's edge (the grid is fine enough to see hexagons).
-        registry: An open :class:`vectorgeo.registry.Registry` to record model and prediction in; None = none.
-
-    Returns:
-        The summary: keys, class counts, bounds, cell count, registry ids.
-
-    Raises:
-        IncompleteOutputError: a part is missing.
-        InvalidInputError: ``probability_class`` is not one of the classifier's classes.
-    """
-    from vectorgeo.cell_raster import grid_for_cells, validate_cog, write_cells_cog
-    from vectorgeo.geoparquet import write_cells_geoparquet
-
-    sidecar = bucket.read_json(classifier_keys(name)["sidecar"])
-    classes = sidecar["classes"]
-    if probability_class and probability_class not in classes:
-        raise InvalidInputError(f"probability_class {probability_class!r} is not a class of {name!r}: {classes}")
-    parts = {key: info for result in results for key, info in result["parts"].items()}
-    expected = [prediction_part_key(name, h3_resolution, i) for i in range(n_parts)]
-    missing = [k for k in expected if k not in parts or not bucket.exists(k)]
-    if missing:
-        raise IncompleteOutputError(
-            f"{len(missing)} of {n_parts} prediction parts are missing: {missing[:5]}; rerun flow 06 (finished "
-            "parts are kept)"
-        )
-    keys = prediction_keys(name, h3_resolution, probability_class)
-    table = pa.concat_tables([pq.read_table(bucket.download(k)) for k in expected]).combine_chunks()
-    table = table.replace_schema_metadata(None)
-    if table.num_rows == 0:
-        raise InvalidInputError(f"the embeddings of {name!r}'s model hold no cell: nothing to map")
-    h3 = table.column("h3").to_numpy()
-    lat, lng = table.column("lat").to_numpy(), table.column("lng").to_numpy()
-    index = table.column("class_index").to_numpy()
-    counts = {c: int(n) for c, n in zip(classes, np.bincount(index, minlength=len(classes)), strict=True)}
-    colours = sidecar["colours"]
-    meta = {"classifier": name, "classes": classes, "colours": colours,
-            "probability_columns": dict(zip(probability_columns(classes), classes, strict=True))}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="vg-map-") as tmp:
-        tmp = Path(tmp)
-        bucket.upload(write_cells_geoparquet(table, tmp / "predictions.parquet", metadata=meta), keys["geoparquet"])
-        grid = grid_for_cells(h3, pixels_per_edge=pixels_per_edge)
-        colormap = {i: (*_rgb(c), 255) for i, c in enumerate(colours)}
-        tags = {"classifier": name, "classes": json.dumps(classes), "h3_resolution": str(h3_resolution)}
-        cog = write_cells_cog(
-            tmp / "classes.tif", h3, index, grid, dtype="uint8", nodata=NODATA_CLASS, colormap=colormap,
-            band_description="predicted class", tags=tags,
-        )  # fmt: skip
-        validate_cog(cog)
-        bucket.upload(cog, keys["cog"])
-        if probability_class:
-            column = probability_columns(classes)[classes.index(probability_class)]
-            prob = write_cells_cog(
-                tmp / "probability.tif", h3, table.column(column).to_numpy(), grid, dtype="float32",
-                nodata=float("nan"), band_description=f"probability of {probability_class}", tags=tags,
-                resampling="average",
-            )  # fmt: skip
-            validate_cog(prob)
-            bucket.upload(prob, keys["probability_cog"])
-        bucket.upload(_preview(lat, lng, index, classes, colours, tmp / "map.png"), keys["map"])
-    summary = {
-        "classifier": name,
-        "h3_resolution": h3_resolution,
-        "n_cells": int(table.num_rows),
-        "class_counts": counts,
-        "bounds": [float(lng.min()), float(lat.min()), float(lng.max()), float(lat.max())],
-        "n_parts": n_parts,
-        "n_parts_skipped": sum(bool(p["skipped"]) for p in parts.values()),
-        "keys": keys,
-        "pixel_size_deg": grid.pixel_size_deg,
-        "raster_size": [grid.width, grid.height],
-    }
-    if registry is not None:
-        summary["registry"] = _register(registry, sidecar, summary, keys)
-    bucket.write_json(keys["summary"], summary)
-    return summary
-
-
-def _register(registry, sidecar: dict, summary: dict, keys: dict) -> dict:
-    from vectorgeo.registry import ModelRecord, PredictionRecord
-
-    model_id = registry.register_model(ModelRecord(
-        name=sidecar["name"],
-        classifier=sidecar["classifier"],
-        params=sidecar["params"],
-        feature_source=sidecar["features"],
-        label_source={**sidecar["labels"], "classes": sidecar["classes"], "counts": sidecar["counts"]},
-        cv_metrics=_cv_summary(sidecar["cv"]),
-        artifact_key=sidecar["artifact_key"],
-        artifact_sha256=sidecar["artifact_sha256"],
-    ))  # fmt: skip
-    prediction_id = registry.register_prediction(PredictionRecord(
-        model_id=model_id,
-        embeddings_source={"model": sidecar["features"]["model"], "model_sha256": sidecar["features"]["model_sha256"]},
-        h3_resolution=summary["h3_resolution"],
-        cog_key=keys["cog"],
-        geoparquet_key=keys["geoparquet"],
-        probability_cog_key=keys.get("probability_cog"),
-        class_counts=summary["class_counts"],
-        bounds=tuple(summary["bounds"]),
-        n_cells=summary["n_cells"],
-    ))  # fmt: skip
-    return {"model_id": model_id, "prediction_id": prediction_id}
-
-
-def _cv_summary(cv: dict) -> dict:
-    """The registry's ``cv_metrics``: the embeddings' scores at the top, the histogram's beside them."""
-    emb = cv["features"]["embeddings"]
-    return {
-        "accuracy": emb["accuracy"],
-        "macro_f1": emb["macro_f1"],
-        "per_class": emb["per_class"],
-        "confusion": emb["confusion"],
-        "histogram": {k: cv["features"]["histogram"][k] for k in ("accuracy", "macro_f1")},
-        "n_folds": emb["n_folds"],
-        "parent_res": cv["parent_res"],
-        "n_labels": cv["n_labels"],
-    }
-
-
-def _rgb(colour: str) -> tuple[int, int, int]:
-    colour = colour.lstrip("#")
-    return int(colour[0:2], 16), int(colour[2:4], 16), int(colour[4:6], 16)
-
-
-def _preview(lat, lng, index, classes, colours, path: Path, max_points: int = 200_000) -> Path:
-    """A small PNG of the predicted classes at the cell centres, for the card."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    step = max(1, lat.size // max_points)
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    palette = np.array(colours)
-    ax.scatter(lng[::step], lat[::step], c=palette[index[::step]], s=2, marker="h", linewidths=0)
-    ax.set_aspect(1 / max(np.cos(np.radians(float(np.mean(lat)))), 0.1))
-    ax.set_xlabel("longitude")
-    ax.set_ylabel("latitude")
-    ax.legend(handles=[Patch(color=c, label=n) for n, c in zip(classes, colours, strict=True)], fontsize=7,
-              loc="upper right")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
