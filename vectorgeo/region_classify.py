@@ -37,6 +37,7 @@ from vectorgeo.errors import InvalidInputError, NotFoundError
 from vectorgeo.geodesy import EARTH_RADIUS_M
 from vectorgeo.search import _rings
 from vectorgeo.stores.base import GeoFilter, VectorStore
+from vectorgeo.stores.geogrid import filter_bbox
 
 __all__ = [
     "BACKGROUND_PER_POSITIVE",
@@ -81,21 +82,6 @@ def _boxes(west: float, south: float, east: float, north: float) -> list[tuple[f
         edges = np.linspace(lo, hi, max(1, math.ceil((hi - lo) / _MAX_BOX_WIDTH_DEG)) + 1).tolist()
         out += [(a, south, b, north) for a, b in itertools.pairwise(edges)]
     return out
-
-
-def _radius_box(region: GeoFilter) -> tuple[float, float, float, float]:
-    """The bbox ``(w, s, e, n)`` of a radius filter's circle (all longitudes when it holds a pole)."""
-    r = region.radius_km * 1000.0 / EARTH_RADIUS_M
-    south, north = region.lat - math.degrees(r), region.lat + math.degrees(r)
-    if south <= -90 or north >= 90 or math.cos(math.radians(region.lat)) <= math.sin(r):
-        return -180.0, max(south, -90.0), 180.0, min(north, 90.0)
-    half = math.degrees(math.asin(min(1.0, math.sin(r) / math.cos(math.radians(region.lat))))) + 1e-9
-    west, east = region.lng - half, region.lng + half
-    if west < -180:
-        west += 360
-    if east > 180:
-        east -= 360
-    return west, south, east, north
 
 
 def _region_size_km(region: GeoFilter) -> tuple[float, float]:
@@ -162,7 +148,7 @@ def region_to_cells(
     if region.is_polygon:
         polygons = [h3.LatLngPoly([(lat, lng) for lng, lat in region.polygon])]
     else:
-        box = _radius_box(region) if region.is_radius else region.bbox
+        box = filter_bbox(region)  # a radius: its circle's box
         polygons = [h3.LatLngPoly([(s, w), (s, e), (n, e), (n, w)]) for w, s, e, n in _boxes(*box)]
     filled = [h3n.polygon_to_cells_experimental(p, h3_resolution, contain="overlap") for p in polygons]
     cells = np.unique(np.concatenate(filled).astype(np.uint64)) if filled else np.empty(0, np.uint64)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -108,7 +109,12 @@ class EdgeShardHost:
                     return
                 logger.warning("refused a connection to the Qdrant Edge host", exc_info=True)
                 continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+            # the answering thread (and any engine thread it starts) inherits SIGTERM blocked: see run_edge_shard_host
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            try:
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def stop_accepting(self) -> None:
         """Make :meth:`serve_forever` return (safe in a signal handler)."""
@@ -161,9 +167,11 @@ def run_edge_shard_host(shard_path: str, address: EdgeShardAddress, ready: Conne
         address: Where to listen.
         ready: Sent ``("ready", pid)`` once the socket listens (and the shard is open, or known to be missing).
     """
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM must reach the main thread, blocked in accept(): the kernel hands a process signal to any thread
+    # that does not block it, and one taken by an engine thread (Qdrant Edge starts Rust threads) left accept()
+    # uninterrupted, so the host never stopped. Every other thread is started with SIGTERM blocked.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     host = EdgeShardHost(shard_path, address)
     signal.signal(signal.SIGTERM, lambda signum, frame: host.stop_accepting())
     try:
@@ -173,6 +181,7 @@ def run_edge_shard_host(shard_path: str, address: EdgeShardAddress, ready: Conne
     if ready is not None:
         ready.send(("ready", os.getpid()))
         ready.close()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a SIGTERM that came meanwhile arrives now
     try:
         host.serve_forever()
     finally:
