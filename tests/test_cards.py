@@ -1,3 +1,4 @@
+import numpy as np
 from metaflow.cards import Markdown, Table
 
 from vectorgeo.cards import evaluation_card, pairs_card, stencil_card
@@ -58,3 +59,21 @@ def test_evaluation_card_shows_the_probe_split_and_warnings():
     old = {k: v for k, v in report.items() if k not in ("probe_split", "warnings")}
     assert len(evaluation_card(old)) == 3
     assert len(evaluation_card({**report, "warnings": []})) == 4
+
+
+def test_classification_card_puts_embeddings_and_histogram_side_by_side():
+    from vectorgeo.cards import classification_card
+    from vectorgeo.classify import score_predictions
+
+    classes = ("forest", "water")
+    scores = {name: {**score_predictions(np.array([0, 0, 1, 1]), np.array(pred), classes), "n_folds": 2}
+              for name, pred in (("embeddings", [0, 0, 1, 1]), ("histogram", [0, 1, 1, 1]))}  # fmt: skip
+    sidecar = {"name": "w", "classifier": "logistic", "classes": list(classes), "features": {"model": "demo"},
+               "cv": {"features": scores, "n_labels": 4, "n_blocks": 4, "parent_res": 5,
+                      "warnings": ["class 'water' lies in 1 block"]}}  # fmt: skip
+    summary = {"n_cells": 10, "class_counts": {"forest": 6, "water": 4},
+               "keys": {"geoparquet": "p/predictions.parquet", "cog": "p/classes.tif"}}  # fmt: skip
+    parts = classification_card(sidecar, summary, None)
+    text = " ".join(str(p.render()) for p in parts)
+    assert "embeddings" in text and "histogram" in text and "0.7333" in text  # histogram's macro-F1
+    assert "forest" in text and "p/classes.tif" in text and "lies in 1 block" in text
