@@ -42,6 +42,7 @@ __all__ = [
     "PIXELS_PER_DEGREE",
     "bounds_to_grid",
     "synthesize_landscape",
+    "write_landcover_cog",
     "write_synthetic_rasters",
 ]
 
@@ -424,6 +425,13 @@ def _lc100_colormap() -> dict[int, tuple[int, int, int, int]]:
     }
 
 
+def write_landcover_cog(path: str | os.PathLike, codes: np.ndarray, transform: Affine) -> Path:
+    """Write LC100 codes as the synthetic default writes its land cover: a COG with nodata 255, the LC100
+    colour table and overviews by mode (used for a second epoch, :mod:`vectorgeo.synthetic_change`)."""
+    return _write_cog(Path(path), codes, transform, nodata=LANDCOVER_NODATA, resampling="MODE",
+                      colormap=_lc100_colormap())  # fmt: skip
+
+
 def write_synthetic_rasters(
     landcover_path: str | os.PathLike,
     dem_path: str | os.PathLike,
@@ -454,9 +462,7 @@ def write_synthetic_rasters(
     height, width, transform = bounds_to_grid(bounds)
     codes, dem = synthesize_landscape(height, width, transform=transform, seed=seed)
     started = time.perf_counter()
-    lc = _write_cog(
-        Path(landcover_path), codes, transform, nodata=LANDCOVER_NODATA, resampling="MODE", colormap=_lc100_colormap()
-    )
+    lc = write_landcover_cog(landcover_path, codes, transform)
     dm = _write_cog(Path(dem_path), dem, transform, nodata=DEM_NODATA, resampling="AVERAGE")
     logger.info("wrote %s and %s in %.1f s", lc, dm, time.perf_counter() - started)
     return lc, dm
