@@ -24,11 +24,18 @@ __all__ = [
     "NODATA_INDEX",
     "Legend",
     "get_legend",
+    "hex_to_rgb",
     "read_legend_file",
 ]
 
 NODATA_INDEX = 255
 """Class index used for nodata pixels (and never for a real class)."""
+
+
+def hex_to_rgb(colour: str) -> tuple[int, int, int]:
+    """``"#rrggbb"`` (the colours legends and classifiers carry) as ``(r, g, b)`` integers 0..255."""
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
 
 _UNMAPPED = 65535  # lookup-table entry for codes the legend does not list
 

@@ -28,7 +28,7 @@ from rasterio.warp import reproject, transform, transform_bounds
 
 from vectorgeo.artifacts import synthetic_raster_keys
 from vectorgeo.errors import InvalidInputError, RasterAccessError
-from vectorgeo.legends import NODATA_INDEX, Legend
+from vectorgeo.legends import NODATA_INDEX, Legend, hex_to_rgb
 from vectorgeo.raster import open_raster
 from vectorgeo.sources import resolve_legend, resolve_rasters
 from vectorgeo.transfer import Bucket
@@ -150,7 +150,7 @@ def render_overview(raster_path: str | Path, legend: Legend, *, max_px: int = 20
     )
     colors = _class_colors(legend)
     palette = np.zeros((256, 4), dtype=np.uint8)
-    palette[: legend.n_classes, :3] = [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in colors]
+    palette[: legend.n_classes, :3] = [hex_to_rgb(c) for c in colors]
     palette[: legend.n_classes, 3] = 255
     counts = np.bincount(dst[dst != NODATA_INDEX], minlength=legend.n_classes)[: legend.n_classes]
     total = max(int(counts.sum()), 1)

@@ -35,7 +35,7 @@ import numpy as np
 from vectorgeo.classifiers import DEFAULT_CLASSIFIER, classifier_params, make_classifier
 from vectorgeo.errors import InvalidInputError, NotFoundError
 from vectorgeo.geodesy import EARTH_RADIUS_M
-from vectorgeo.search import _rings
+from vectorgeo.search import cell_rings
 from vectorgeo.stores.base import GeoFilter, VectorStore
 from vectorgeo.stores.geogrid import filter_bbox
 
@@ -349,7 +349,7 @@ def _answer(
     chosen = proba[:, 0] if positive_mode else proba.max(axis=1, initial=0.0)
     rounded, chosen = np.round(proba, 4).tolist(), np.round(chosen, 4).tolist()
     cells = h3_ids.tolist()
-    rings = _rings(cells) if geometry else [None] * len(cells)
+    rings = cell_rings(cells) if geometry else [None] * len(cells)
     shapes = [{"type": "Polygon", "coordinates": [ring]} if ring else None for ring in rings]
     features = []
     for cell, shape, b, p, row in zip(cells, shapes, best.tolist(), chosen, rounded, strict=True):

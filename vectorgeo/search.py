@@ -58,6 +58,7 @@ __all__ = [
     "SearchOptions",
     "SearchService",
     "cell_from_string",
+    "cell_rings",
     "collection_name",
     "open_search_service",
     "quoted",
@@ -285,7 +286,7 @@ class SearchService:
         rounded_scores = np.round(scores, 6).tolist()
         rounded_percentiles = [None] * n if percentiles is None else np.round(percentiles, 3).tolist()
         features = []
-        rings = _rings(cells)
+        rings = cell_rings(cells)
         for rank, (cell, la, ln) in enumerate(zip(cells, lat.tolist(), lng.tolist(), strict=True)):
             name = h3i.int_to_str(cell)
             properties = {
@@ -340,7 +341,7 @@ class SearchService:
             "store": kind,
             "model": self.model,
         }
-        return _feature(properties["h3"], _rings([cell])[0], properties)
+        return _feature(properties["h3"], cell_rings([cell])[0], properties)
 
     def classify(
         self,
@@ -598,7 +599,7 @@ class SearchService:
         return out
 
     def _query_member(self, query: Query, q: _Resolved, attrs) -> dict:
-        polygons = [[ring] for ring in _rings(q.cells)]
+        polygons = [[ring] for ring in cell_rings(q.cells)]
         return {
             "cells": [h3i.int_to_str(c) for c in q.cells],
             "negative": [h3i.int_to_str(c) for c in q.negative],
@@ -712,7 +713,7 @@ def _centre(lat: np.ndarray, lng: np.ndarray) -> tuple[float, float]:
     return float(np.degrees(np.arctan2(z, math.hypot(x, y)))), float(np.degrees(np.arctan2(y, x)))
 
 
-def _rings(cells: Sequence[int]) -> list[list[list[float]]]:
+def cell_rings(cells: Sequence[int]) -> list[list[list[float]]]:
     """Each cell's hexagon as a closed GeoJSON ring of ``[lng, lat]``, unwrapped across the antimeridian.
 
     The vertices of all the cells are rounded in one numpy call (a call per cell cost more than the rest of

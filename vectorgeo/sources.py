@@ -17,7 +17,7 @@ from vectorgeo.errors import RasterAccessError
 from vectorgeo.legends import BUILTIN_LEGENDS, Legend, get_legend, read_legend_file
 from vectorgeo.transfer import Bucket
 
-__all__ = ["RasterInputs", "resolve_rasters"]
+__all__ = ["RasterInputs", "local_or_key", "resolve_rasters"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +51,23 @@ def _ensure_synthetic(bucket: Bucket, seed: int) -> tuple[str, str]:
     return lc_key, dem_key
 
 
-def _resolve_one(bucket: Bucket, spec: str, what: str) -> Path:
+def local_or_key(bucket: Bucket, spec: str) -> Path | None:
+    """A local file named ``spec``, else a local copy of the bucket key ``spec``, else None.
+
+    A spec that looks like a path (``/``, ``./``, ``../``, ``~``) is never taken for a key.
+    """
     path = Path(spec).expanduser()
-    if path.is_file():
+    if spec and path.is_file():
         return path
-    if not spec.startswith(("/", "./", "../", "~")) and bucket.exists(spec):
+    if spec and not spec.startswith(("/", "./", "../", "~")) and bucket.exists(spec):
         return bucket.download(spec)
+    return None
+
+
+def _resolve_one(bucket: Bucket, spec: str, what: str) -> Path:
+    path = local_or_key(bucket, spec)
+    if path is not None:
+        return path
     raise RasterAccessError(
         f"{what} raster {spec!r} is neither an existing local file nor a key in bucket {bucket.url!r}; "
         f"fix the path, upload it to the bucket, or unset it to use the synthetic default"

@@ -31,7 +31,7 @@ from rasterio.transform import Affine
 from scipy import fft, ndimage
 
 from vectorgeo.errors import InvalidInputError
-from vectorgeo.legends import BUILTIN_LEGENDS
+from vectorgeo.legends import BUILTIN_LEGENDS, hex_to_rgb
 
 __all__ = [
     "DEFAULT_BOUNDS",
@@ -419,10 +419,7 @@ def _write_cog(
 
 def _lc100_colormap() -> dict[int, tuple[int, int, int, int]]:
     legend = BUILTIN_LEGENDS["lc100"]
-    return {
-        code: (*(int(c[i : i + 2], 16) for i in (1, 3, 5)), 255)
-        for code, c in zip(legend.codes, legend.colors, strict=True)
-    }
+    return {code: (*hex_to_rgb(c), 255) for code, c in zip(legend.codes, legend.colors, strict=True)}
 
 
 def write_landcover_cog(path: str | os.PathLike, codes: np.ndarray, transform: Affine) -> Path:

@@ -35,6 +35,7 @@ from vectorgeo.classify import cross_validate_features, predict_in_chunks
 from vectorgeo.errors import InvalidInputError, NotFoundError
 from vectorgeo.inference import assign_parts, read_part_metadata
 from vectorgeo.labels import check_footprint, read_labels
+from vectorgeo.sources import local_or_key
 
 __all__ = [
     "VERSION_CHARS",
@@ -67,11 +68,9 @@ def class_colours(classes: tuple[str, ...], legend: dict | None = None) -> list[
 
 
 def _local_file(bucket, spec: str, what: str) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_file():
+    path = local_or_key(bucket, spec)
+    if path is not None:
         return path
-    if spec and not spec.startswith(("/", "./", "../", "~")) and bucket.exists(spec):
-        return bucket.download(spec)
     raise InvalidInputError(
         f"{what} {spec!r} is neither an existing local file nor a key in bucket {bucket.url!r}; fix the path or "
         "upload the file to the bucket"

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from vectorgeo.artifacts import classifier_keys, prediction_keys, prediction_part_key
 from vectorgeo.errors import IncompleteOutputError, InvalidInputError
 from vectorgeo.jobs.classify import probability_columns
+from vectorgeo.legends import hex_to_rgb
 
 __all__ = ["NODATA_CLASS", "finish_prediction"]
 
@@ -87,7 +88,7 @@ def finish_prediction(
         tmp = Path(tmp)
         bucket.upload(write_cells_geoparquet(table, tmp / "predictions.parquet", metadata=meta), keys["geoparquet"])
         grid = grid_for_cells(h3, pixels_per_edge=pixels_per_edge)
-        colormap = {i: (*_rgb(c), 255) for i, c in enumerate(colours)}
+        colormap = {i: (*hex_to_rgb(c), 255) for i, c in enumerate(colours)}
         tags = {"classifier": name, "classes": json.dumps(classes), "h3_resolution": str(h3_resolution)}
         cog = write_cells_cog(
             tmp / "classes.tif", h3, index, grid, dtype="uint8", nodata=NODATA_CLASS, colormap=colormap,
@@ -172,11 +173,6 @@ def _cv_summary(cv: dict) -> dict:
         "parent_res": cv["parent_res"],
         "n_labels": cv["n_labels"],
     }
-
-
-def _rgb(colour: str) -> tuple[int, int, int]:
-    colour = colour.lstrip("#")
-    return int(colour[0:2], 16), int(colour[2:4], 16), int(colour[4:6], 16)
 
 
 def _preview(lat, lng, index, classes, colours, path: Path, max_points: int = 200_000) -> Path:
