@@ -31,9 +31,10 @@ class ModelRecord:
         classifier: Estimator kind (``vectorgeo.classifiers.CLASSIFIERS``, e.g. ``"logistic"``).
         artifact_key: Bucket key of the saved classifier.
         artifact_sha256: SHA-256 of that file, 64 hex digits (stored lowercase).
-        feature_source: What it was trained on: ``{"model": embeddings model name, "sha256": its checksum,
-            "h3_resolution": R, "kind": "embeddings"}``.
-        label_source: ``{"key": label file path or key, "sha256": ..., "classes": [...], "counts": {...}}``.
+        feature_source: What it was trained on; flow 06 writes ``{"kind": "embeddings", "model": embeddings model
+            name, "model_sha256": its checksum, "h3_resolution": R, "embed_dim", "manifest_parts"}``.
+        label_source: Flow 06 writes ``{"source": label file path or key, "sha256", "class_property", "n_cells",
+            "classes": [...], "counts": {...}}``. Any JSON object is accepted.
         params: The classifier's full parameters (``vectorgeo.classifiers.classifier_params``).
         cv_metrics: Cross-validation metrics; ``"macro_f1"`` is shown by ``vectorgeo registry models``.
 
